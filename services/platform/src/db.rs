@@ -1,0 +1,180 @@
+//! Database access for every service: SQLite (the embedded default) or PostgreSQL, chosen by the
+//! URL, through sqlx's `Any` driver so one set of queries serves both.
+//!
+//! Queries use `$1`-style parameters (both backends accept them), store ids as text and times
+//! as epoch milliseconds. Each backend has its own migrations, because what the databases can
+//! enforce differs (e.g. an exclusion constraint on PostgreSQL, a trigger on SQLite).
+
+use std::{str::FromStr, sync::Once, time::Duration};
+
+use anyhow::Context as _;
+use sqlx::{
+    any::{AnyConnectOptions, AnyPoolOptions},
+    migrate::Migrator,
+    Any, AnyPool, Executor as _,
+};
+
+pub type Tx = sqlx::Transaction<'static, Any>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The messaging tables (outbox, processed messages) every service has.
+fn messaging_migrations(backend: Backend) -> Migrator {
+    match backend {
+        Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+        Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+    }
+}
+
+/// A service's migrations for each backend (`sqlx::migrate!` of its two folders).
+pub struct Migrations {
+    pub sqlite: Migrator,
+    pub postgres: Migrator,
+}
+
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+impl Db {
+    /// Connects (creating the SQLite file and its folder if needed) and migrates.
+    pub async fn connect(url: &str, migrations: Migrations) -> anyhow::Result<Db> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+
+        let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://")
+        {
+            (Backend::Postgres, url.to_string())
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            let file = path.split('?').next().unwrap_or(path);
+            if let Some(dir) = std::path::Path::new(file).parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating data directory {}", dir.display()))?;
+                }
+            }
+            let url = if path.contains('?') {
+                url.to_string()
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            (Backend::Sqlite, url)
+        } else {
+            anyhow::bail!("DATABASE_URL must start with sqlite:// or postgres:// (got {url})");
+        };
+
+        let options = AnyConnectOptions::from_str(&url).context("parsing DATABASE_URL")?;
+        let pool = match backend {
+            Backend::Sqlite => {
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // WAL lets readers run beside the one writer; the busy timeout makes
+                            // writers queue for the lock instead of failing.
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await
+            }
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(10)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await
+            }
+        }
+        .context("connecting to the database")?;
+
+        let db = Db { pool, backend };
+        db.migrate(migrations).await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self, migrations: Migrations) -> anyhow::Result<()> {
+        let mut messaging = messaging_migrations(self.backend);
+        let mut own = match self.backend {
+            Backend::Sqlite => migrations.sqlite,
+            Backend::Postgres => migrations.postgres,
+        };
+        // Two migration sets share sqlx's bookkeeping table, so each ignores the other's rows.
+        messaging.set_ignore_missing(true);
+        own.set_ignore_missing(true);
+        messaging
+            .run(&self.pool)
+            .await
+            .context("migrating messaging tables")?;
+        own.run(&self.pool).await.context("migrating service tables")?;
+        Ok(())
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`), so a read-then-write inside it can never be interleaved with another
+    /// writer; PostgreSQL relies on its constraints and row locks.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// True when the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+}
+
+/// Records that `consumer` applied `message_id`, inside the handler's transaction. Returns false
+/// when it had already been applied, in which case the caller must change nothing.
+pub async fn mark_processed(
+    tx: &mut Tx,
+    consumer: &str,
+    message_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO processed_messages (consumer, message_id, processed_at) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(message_id)
+    .bind(crate::time::now_millis())
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// True when the error is a uniqueness or exclusion violation (a conflicting row exists).
+pub fn is_conflict(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("23505" | "23P01" | "2067" | "1555"))
+                || db.message().contains("UNIQUE constraint failed")
+        }
+        _ => false,
+    }
+}
+
+/// True when the error carries the given message raised by a trigger or constraint name.
+pub fn error_mentions(e: &sqlx::Error, needle: &str) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.message().contains(needle)
+                || db.constraint().is_some_and(|c| c.contains(needle))
+                || db.code().as_deref() == Some("23P01") && needle.contains("overlap")
+        }
+        _ => false,
+    }
+}

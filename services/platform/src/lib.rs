@@ -1,0 +1,23 @@
+//! The shared platform of every Roombook service.
+//!
+//! It holds what the services must agree on — the message contract ([`contract`]) and the
+//! JetStream topology ([`topology`]) — and the runtime every service is built from: database
+//! access with migrations ([`db`]), the transactional outbox and its relay ([`outbox`]), durable
+//! consumers with dedup, backoff and dead letters ([`consumer`]), and the HTTP pieces
+//! ([`http`]): problem details, health probes, identity headers and graceful serving.
+
+pub mod config;
+pub mod consumer;
+pub mod contract;
+pub mod db;
+pub mod http;
+pub mod outbox;
+pub mod runtime;
+pub mod shutdown;
+pub mod telemetry;
+pub mod time;
+pub mod topology;
+pub mod trace;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;

@@ -1,0 +1,162 @@
+//! The transactional outbox: a state change and the messages it implies are written in one
+//! database transaction ([`enqueue`]); the [`relay`] publishes them to JetStream afterwards,
+//! waits for each publish ack, and only then deletes them. A crash between publish and delete
+//! re-publishes with the same `Nats-Msg-Id`, which the server's duplicate window drops.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::{
+    header::{HeaderMap, NATS_MESSAGE_ID},
+    jetstream::{self, message::PublishMessage},
+};
+use sqlx::Row as _;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    contract::Envelope,
+    db::{Db, Tx},
+    topology,
+    trace::{self, TraceParent},
+};
+
+/// Header naming the message type, so tools can filter without parsing the body.
+pub const TYPE_HEADER: &str = "Roombook-Type";
+const BATCH: i64 = 256;
+/// Polling interval: the relay is woken on every commit, this only catches rows left by a crash
+/// or written by another replica.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Wakes the relay after a commit that wrote to the outbox.
+#[derive(Clone, Default, Debug)]
+pub struct OutboxSignal(Arc<Notify>);
+
+impl OutboxSignal {
+    pub fn notify(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Adds `env` to the outbox inside the caller's transaction.
+pub async fn enqueue(tx: &mut Tx, env: &Envelope, trace: &TraceParent) -> Result<(), sqlx::Error> {
+    let payload = String::from_utf8(env.to_json()).expect("JSON is UTF-8");
+    sqlx::query(
+        "INSERT INTO outbox (message_id, subject, payload, traceparent, created_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(env.message_id.to_string())
+    .bind(topology::subject_for(env))
+    .bind(payload)
+    .bind(trace.child().to_string())
+    .bind(crate::time::now_millis())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Rows still waiting to be published (for readiness details and metrics).
+pub async fn backlog(db: &Db) -> Result<i64, sqlx::Error> {
+    sqlx::query("SELECT COUNT(*) FROM outbox")
+        .fetch_one(&db.pool)
+        .await?
+        .try_get(0)
+}
+
+struct Row {
+    id: i64,
+    message_id: String,
+    subject: String,
+    payload: String,
+    traceparent: Option<String>,
+}
+
+/// Publishes the outbox until `cancel` fires; the batch in hand is finished first.
+pub async fn relay(db: Db, js: jetstream::Context, signal: OutboxSignal, cancel: CancellationToken) {
+    let mut failures = 0u32;
+    loop {
+        match relay_batch(&db, &js).await {
+            Ok(0) => {
+                failures = 0;
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = signal.0.notified() => {}
+                    () = tokio::time::sleep(POLL) => {}
+                }
+            }
+            Ok(_) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                let delay = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "outbox relay failed");
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Publishes one batch and deletes what the server acknowledged; returns how many were sent.
+async fn relay_batch(db: &Db, js: &jetstream::Context) -> anyhow::Result<usize> {
+    let rows: Vec<Row> = sqlx::query(
+        "SELECT id, message_id, subject, payload, traceparent FROM outbox ORDER BY id LIMIT $1",
+    )
+    .bind(BATCH)
+    .fetch_all(&db.pool)
+    .await?
+    .into_iter()
+    .map(|r| {
+        Ok(Row {
+            id: r.try_get(0)?,
+            message_id: r.try_get(1)?,
+            subject: r.try_get(2)?,
+            payload: r.try_get(3)?,
+            traceparent: r.try_get(4)?,
+        })
+    })
+    .collect::<Result<_, sqlx::Error>>()?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+
+    // Send the whole batch, then collect the acks: one round trip's latency per batch, not per row.
+    let mut pending = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_MESSAGE_ID, row.message_id.as_str());
+        if let Some(tp) = &row.traceparent {
+            headers.insert(trace::HEADER, tp.as_str());
+        }
+        if let Some(kind) = row.subject.rsplit('.').next() {
+            headers.insert(TYPE_HEADER, kind);
+        }
+        let publish = PublishMessage::build()
+            .payload(row.payload.clone().into_bytes().into())
+            .headers(headers);
+        pending.push(js.send_publish(row.subject.clone(), publish).await?);
+    }
+    let mut acked = Vec::with_capacity(rows.len());
+    let mut first_error = None;
+    for (row, ack) in rows.iter().zip(pending) {
+        match ack.await {
+            Ok(_) => acked.push(row.id),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if !acked.is_empty() {
+        let placeholders: Vec<String> = (1..=acked.len()).map(|i| format!("${i}")).collect();
+        let sql = format!("DELETE FROM outbox WHERE id IN ({})", placeholders.join(", "));
+        let mut query = sqlx::query(&sql);
+        for id in &acked {
+            query = query.bind(*id);
+        }
+        query.execute(&db.pool).await?;
+    }
+    match first_error {
+        Some(e) => Err(anyhow::Error::new(e).context("publish not acknowledged")),
+        None => Ok(acked.len()),
+    }
+}

@@ -1,0 +1,183 @@
+//! Real infrastructure for tests: a `nats-server` with JetStream on a free port and a private
+//! store directory, and throwaway databases (a SQLite file, or a fresh PostgreSQL database on the
+//! cluster named by `ROOMBOOK_TEST_POSTGRES_URL`).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tempfile::TempDir;
+
+/// A nats-server child process, killed when dropped.
+pub struct NatsServer {
+    child: Option<Child>,
+    dir: TempDir,
+    port: u16,
+}
+
+impl NatsServer {
+    /// Starts `nats-server -js` (from `NATS_SERVER_BIN` or `PATH`) on a free port.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = NatsServer {
+            child: None,
+            dir,
+            port: 0,
+        };
+        server.spawn(None);
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server and starts it again on the same port and store (a broker restart).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn(Some(self.port));
+    }
+
+    fn spawn(&mut self, port: Option<u16>) {
+        let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+        let ports_dir = self.dir.path().join("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).expect("ports dir");
+        let child = Command::new(&bin)
+            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(port.map_or("-1".to_string(), |p| p.to_string()))
+            .arg("-sd")
+            .arg(self.dir.path().join("store"))
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start `{bin}` ({e}): install nats-server or set NATS_SERVER_BIN")
+            });
+        self.child = Some(child);
+        self.port = wait_for_port(&ports_dir);
+        wait_for_tcp(self.port);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn wait_for_port(dir: &Path) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(port) = std::fs::read_dir(dir)
+            .ok()
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter_map(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .filter_map(|v| v["nats"][0].as_str().map(str::to_string))
+            .filter_map(|url| url.rsplit(':').next().and_then(|p| p.parse().ok()))
+            .next()
+        {
+            return port;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nats-server did not report its port within 20 s");
+}
+
+fn wait_for_tcp(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server not accepting connections");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestBackend {
+    Sqlite,
+    Postgres,
+}
+
+/// A place for throwaway databases, one per service per test.
+pub struct TestDatabases {
+    backend: TestBackend,
+    dir: TempDir,
+}
+
+impl TestDatabases {
+    pub fn new(backend: TestBackend) -> Self {
+        TestDatabases {
+            backend,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// A URL for a new, empty database named after `service`.
+    pub async fn create(&self, service: &str) -> String {
+        match self.backend {
+            TestBackend::Sqlite => format!("sqlite://{}/{service}.db", self.dir.path().display()),
+            TestBackend::Postgres => create_postgres_database(service).await,
+        }
+    }
+}
+
+/// Creates a uniquely named database on the test cluster and returns its URL.
+pub async fn create_postgres_database(service: &str) -> String {
+    use sqlx::Connection as _;
+    let admin = std::env::var("ROOMBOOK_TEST_POSTGRES_URL").expect(
+        "ROOMBOOK_TEST_POSTGRES_URL is not set: run the suite with scripts/test, which starts a \
+         throwaway PostgreSQL cluster",
+    );
+    let name = format!("{service}_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to the test PostgreSQL cluster");
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let (base, query) = match admin.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (admin.as_str(), String::new()),
+    };
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    format!("{base}/{name}{query}")
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
