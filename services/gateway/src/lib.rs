@@ -1,1 +1,87 @@
+//! The single public HTTP entry of Roombook. It verifies the caller's bearer token, applies the
+//! coarse role rules (admin-only routes), and forwards the call to the service that owns the
+//! path with the verified identity in headers; the services apply ownership rules themselves.
 
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod proxy;
+
+use std::{future::Future, time::Duration};
+
+use anyhow::Context as _;
+use platform::{
+    http::{self, Readiness},
+    runtime::RunningService,
+};
+use reqwest::Url;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::{mint_token, AuthError, Verifier};
+pub use config::{Config, JwtConfig, Service};
+
+/// Starts the gateway on `config.http_addr`; it runs until `cancel` fires.
+pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<RunningService> {
+    let client = reqwest::Client::builder()
+        // Upstreams are reached directly, not through whatever proxy the environment names.
+        .no_proxy()
+        // A redirect is the client's business.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("building the HTTP client")?;
+    let readiness = UpstreamsReady {
+        client: client.clone(),
+        upstreams: config
+            .upstreams
+            .iter()
+            .map(|(s, u)| (*s, u.clone()))
+            .collect(),
+        timeout: config.upstream_timeout.min(Duration::from_secs(2)),
+    };
+    let router = http::with_common_layers(
+        proxy::routes(&config, client).merge(http::health_routes(readiness)),
+    );
+    let (listener, addr) = http::bind(config.http_addr).await?;
+    for service in Service::ALL {
+        match config.upstreams.get(&service) {
+            Some(url) => tracing::info!(service = service.name(), %url, "upstream"),
+            None => tracing::info!(service = service.name(), "upstream not deployed"),
+        }
+    }
+    tracing::info!(%addr, "gateway listening");
+    let handle = tokio::spawn(http::serve(listener, router, cancel.clone()));
+    Ok(RunningService::new(addr, cancel, handle))
+}
+
+/// Runs the gateway until `shutdown` completes, then lets requests in flight finish.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    spawn(config, CancellationToken::new())
+        .await?
+        .run_until(shutdown)
+        .await
+}
+
+/// Ready when every deployed upstream answers its `/healthz`.
+#[derive(Clone)]
+struct UpstreamsReady {
+    client: reqwest::Client,
+    upstreams: Vec<(Service, Url)>,
+    timeout: Duration,
+}
+
+impl Readiness for UpstreamsReady {
+    async fn checks(&self) -> Vec<(&'static str, bool)> {
+        let checks = self.upstreams.iter().map(|(service, base)| async move {
+            let url = format!("{}/healthz", base.as_str().trim_end_matches('/'));
+            let ok = self
+                .client
+                .get(url)
+                .timeout(self.timeout)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            (service.name(), ok)
+        });
+        futures::future::join_all(checks).await
+    }
+}

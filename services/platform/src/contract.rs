@@ -5,7 +5,7 @@
 //! `type` names the payload. Events are facts in the past tense and are published by the service
 //! that owns the fact; commands are imperative and addressed to one participant.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -155,9 +155,10 @@ pub struct ConfirmDecided {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfirmClosed {
-    /// `None` when the confirm was closed before it was ever requested (a tombstone).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub confirm_id: Option<Uuid>,
+    pub confirm_id: Uuid,
+    /// False when the confirm was closed before it was ever requested (a tombstone that makes
+    /// a late `RequestConfirm` a no-op).
+    pub was_requested: bool,
     pub reason: String,
 }
 
@@ -205,7 +206,7 @@ impl Envelope {
             message_id: Uuid::now_v7(),
             booking_id,
             saga_id,
-            occurred_at: Utc::now(),
+            occurred_at: crate::time::now(),
             version,
             correlation_id: saga_id,
             body,
@@ -228,7 +229,7 @@ pub mod rfc3339_utc {
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        s.serialize_str(&crate::time::format_utc(*t))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {

@@ -32,6 +32,17 @@ pub fn from_millis(ms: i64) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
+/// RFC 3339 in UTC with milliseconds, the one format the services answer with.
+pub fn format_utc(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Now, at the millisecond precision the databases and messages keep.
+pub fn now() -> DateTime<Utc> {
+    use chrono::SubsecRound as _;
+    Utc::now().trunc_subsecs(3)
+}
+
 pub fn now_millis() -> i64 {
     Utc::now().timestamp_millis()
 }

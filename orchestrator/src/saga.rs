@@ -1,0 +1,306 @@
+//! The booking saga as a pure state machine: `apply(saga, message) -> (saga', outputs)`, with no
+//! I/O, so every state × message pair is tested directly.
+//!
+//! ```text
+//! BookingCreated ─► STARTED ─ConfirmRequested─► AWAITING_APPROVAL ─ConfirmCompleted─► CONFIRMING
+//!      (RequestConfirm)                                │                  (ConfirmBooking)│
+//!                                                ConfirmDenied                 BookingConfirmed
+//!                                                      ▼                                  ▼
+//!                     COMPENSATING ─BookingCancelled─► COMPENSATING ─ConfirmClosed─► COMPENSATED
+//!                    (CancelBooking)                  (DeleteConfirm)                COMPLETED
+//! BookingCancelled(by the user) from any unsettled state or COMPLETED
+//!      ─► CANCELLING (DeleteConfirm) ─ConfirmClosed─► CANCELLED
+//! ```
+//!
+//! Order tolerance: every participant numbers its events per booking (`version`); the saga keeps
+//! the newest version applied from the booking and from the confirm service and ignores anything
+//! older, so a late or repeated event can never move a saga backwards.
+//!
+//! Races, decided by the participant that owns the fact:
+//! - **approve vs. user cancel**: the user's cancel wins whenever the booking service accepted
+//!   it (until the booking starts). A `ConfirmBooking` reaching a cancelled booking changes
+//!   nothing; the saga goes CANCELLING → CANCELLED and closes the confirm, even if it was
+//!   CONFIRMED. A decision arriving at a confirm already closed gets 409.
+//! - **deny vs. user cancel**: whichever cancel the booking service committed first sets the
+//!   booking's cancel reason, and the saga follows it: `USER_CANCELLED` → CANCELLED, `DENIED` →
+//!   COMPENSATED. The loser gets 409 (the user's DELETE of a cancelled booking, or the admin's
+//!   PATCH of a closed confirm).
+//! - **a decision on an already-cancelled booking**: 409 once the confirm is closed; before that
+//!   the decision is recorded, the saga ignores it and closes the confirm.
+
+use chrono::{DateTime, Utc};
+use platform::contract::{
+    Body, CancelBooking, CancelReason, ConfirmBooking, DeleteConfirm, Envelope, RequestConfirm,
+    RoomId, SagaStateChanged,
+};
+use serde::Serialize;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SagaState {
+    /// Booking created, approval requested.
+    Started,
+    /// The confirm exists; waiting for an admin.
+    AwaitingApproval,
+    /// Approved; waiting for the booking to be confirmed.
+    Confirming,
+    /// Booking confirmed (settled; the owner may still cancel it).
+    Completed,
+    /// Denied (or expired): cancelling the booking, then closing the confirm.
+    Compensating,
+    /// Cancelled by its owner: closing the confirm.
+    Cancelling,
+    /// Denied or expired, and undone (settled).
+    Compensated,
+    /// Cancelled by its owner (settled).
+    Cancelled,
+}
+
+impl SagaState {
+    pub const ALL: [SagaState; 8] = [
+        SagaState::Started,
+        SagaState::AwaitingApproval,
+        SagaState::Confirming,
+        SagaState::Completed,
+        SagaState::Compensating,
+        SagaState::Cancelling,
+        SagaState::Compensated,
+        SagaState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaState::Started => "STARTED",
+            SagaState::AwaitingApproval => "AWAITING_APPROVAL",
+            SagaState::Confirming => "CONFIRMING",
+            SagaState::Completed => "COMPLETED",
+            SagaState::Compensating => "COMPENSATING",
+            SagaState::Cancelling => "CANCELLING",
+            SagaState::Compensated => "COMPENSATED",
+            SagaState::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Settled: nothing more will happen unless the owner cancels a COMPLETED booking.
+    pub fn is_settled(self) -> bool {
+        matches!(
+            self,
+            SagaState::Completed | SagaState::Compensated | SagaState::Cancelled
+        )
+    }
+}
+
+/// What the saga knows about its booking (from `BookingCreated`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BookingInfo {
+    pub room_id: RoomId,
+    pub booking_user_id: String,
+    #[serde(with = "platform::contract::rfc3339_utc")]
+    pub use_start_dtm: DateTime<Utc>,
+    #[serde(with = "platform::contract::rfc3339_utc")]
+    pub use_end_dtm: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Saga {
+    pub saga_id: Uuid,
+    pub booking_id: Uuid,
+    pub state: SagaState,
+    /// In COMPENSATING: the booking has been cancelled, the confirm is being closed.
+    pub booking_cancelled: bool,
+    pub booking: Option<BookingInfo>,
+    pub confirm_id: Option<Uuid>,
+    /// Why the saga ended as it did (deny reason, cancel reason).
+    pub outcome: Option<String>,
+    pub booking_version: u64,
+    pub confirm_version: u64,
+    /// The saga's own message sequence.
+    pub version: u64,
+}
+
+impl Saga {
+    fn new(env: &Envelope) -> Self {
+        Saga {
+            saga_id: env.saga_id,
+            booking_id: env.booking_id,
+            state: SagaState::Started,
+            booking_cancelled: false,
+            booking: None,
+            confirm_id: None,
+            outcome: None,
+            booking_version: 0,
+            confirm_version: 0,
+            version: 0,
+        }
+    }
+
+    /// The message the saga waits for next, if any.
+    pub fn awaiting(&self) -> Option<&'static str> {
+        match self.state {
+            SagaState::Started => Some("ConfirmRequested"),
+            SagaState::AwaitingApproval => Some("ConfirmCompleted or ConfirmDenied"),
+            SagaState::Confirming => Some("BookingConfirmed"),
+            SagaState::Compensating if !self.booking_cancelled => Some("BookingCancelled"),
+            SagaState::Compensating | SagaState::Cancelling => Some("ConfirmClosed"),
+            SagaState::Completed | SagaState::Compensated | SagaState::Cancelled => None,
+        }
+    }
+}
+
+/// The result of applying a message: the new saga and the messages to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub saga: Saga,
+    /// Commands and the saga's own events, in order.
+    pub outputs: Vec<Body>,
+    /// Why the message changed nothing, when it didn't.
+    pub note: Option<String>,
+}
+
+/// A message that does not apply to this saga at all (no saga for it, or older than what the
+/// saga has already seen).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Ignored(pub String);
+
+/// Applies `env` to `saga` (None: no saga for this booking yet).
+pub fn apply(saga: Option<&Saga>, env: &Envelope) -> Result<Transition, Ignored> {
+    use SagaState::*;
+
+    let mut s = match (saga, &env.body) {
+        (Some(s), _) => s.clone(),
+        (None, Body::BookingCreated(_)) => Saga::new(env),
+        // The owner cancelled so fast that the cancel overtook the creation.
+        (None, Body::BookingCancelled(c)) if c.reason == CancelReason::UserCancelled => {
+            Saga::new(env)
+        }
+        (None, _) => return Err(Ignored(format!("no saga for booking {}", env.booking_id))),
+    };
+    let before = saga.map(|s| s.state);
+
+    // Per-source ordering: a message older than what was applied from its source is stale.
+    match &env.body {
+        Body::BookingCreated(_) | Body::BookingConfirmed(_) | Body::BookingCancelled(_) => {
+            if env.version <= s.booking_version {
+                return Err(Ignored(format!(
+                    "stale booking event v{} (have v{})",
+                    env.version, s.booking_version
+                )));
+            }
+            s.booking_version = env.version;
+        }
+        Body::ConfirmRequested(_)
+        | Body::ConfirmCompleted(_)
+        | Body::ConfirmDenied(_)
+        | Body::ConfirmClosed(_) => {
+            if env.version <= s.confirm_version {
+                return Err(Ignored(format!(
+                    "stale confirm event v{} (have v{})",
+                    env.version, s.confirm_version
+                )));
+            }
+            s.confirm_version = env.version;
+        }
+        other => {
+            return Err(Ignored(format!(
+                "{} is not an input of the saga",
+                other.type_name()
+            )))
+        }
+    }
+
+    let mut outputs = Vec::new();
+    let mut note = None;
+    match (&env.body, s.state) {
+        (Body::BookingCreated(b), _) if before.is_none() => {
+            s.booking = Some(BookingInfo {
+                room_id: b.room_id,
+                booking_user_id: b.booking_user_id.clone(),
+                use_start_dtm: b.use_start_dtm,
+                use_end_dtm: b.use_end_dtm,
+            });
+            outputs.push(Body::RequestConfirm(RequestConfirm {
+                room_id: b.room_id,
+                booking_user_id: b.booking_user_id.clone(),
+                use_start_dtm: b.use_start_dtm,
+                use_end_dtm: b.use_end_dtm,
+            }));
+        }
+        (Body::ConfirmRequested(c), Started) => {
+            s.confirm_id = Some(c.confirm_id);
+            s.state = AwaitingApproval;
+        }
+        (Body::ConfirmCompleted(c), Started | AwaitingApproval) => {
+            s.confirm_id = Some(c.confirm_id);
+            s.state = Confirming;
+            outputs.push(Body::ConfirmBooking(ConfirmBooking {}));
+        }
+        (Body::ConfirmDenied(c), Started | AwaitingApproval) => {
+            s.confirm_id = Some(c.confirm_id);
+            s.state = Compensating;
+            s.outcome = Some(match &c.reason {
+                Some(r) => format!("denied by {}: {r}", c.confirm_user_id),
+                None => format!("denied by {}", c.confirm_user_id),
+            });
+            outputs.push(Body::CancelBooking(CancelBooking {
+                reason: CancelReason::Denied,
+                detail: c.reason.clone(),
+            }));
+        }
+        (Body::BookingConfirmed(_), Confirming) => s.state = Completed,
+        (Body::BookingCancelled(c), Compensating) if !s.booking_cancelled => {
+            if c.reason == CancelReason::UserCancelled {
+                // The owner's cancel reached the booking before the compensation did.
+                s.state = Cancelling;
+                s.outcome = Some("cancelled by the owner".into());
+            } else {
+                s.booking_cancelled = true;
+            }
+            outputs.push(delete_confirm(c.reason));
+        }
+        (Body::BookingCancelled(c), Started | AwaitingApproval | Confirming | Completed)
+            if c.reason == CancelReason::UserCancelled =>
+        {
+            s.state = Cancelling;
+            s.outcome = Some("cancelled by the owner".into());
+            outputs.push(delete_confirm(c.reason));
+        }
+        (Body::ConfirmClosed(_), Cancelling) => s.state = Cancelled,
+        (Body::ConfirmClosed(_), Compensating) if s.booking_cancelled => s.state = Compensated,
+        (body, state) => {
+            note = Some(format!(
+                "{} has no effect in state {}",
+                body.type_name(),
+                state.as_str()
+            ));
+        }
+    }
+
+    if before != Some(s.state) {
+        outputs.push(Body::SagaStateChanged(SagaStateChanged {
+            state: s.state.as_str().into(),
+            previous_state: before.map(|b| b.as_str().into()),
+        }));
+    }
+    Ok(Transition {
+        saga: s,
+        outputs,
+        note,
+    })
+}
+
+fn delete_confirm(reason: CancelReason) -> Body {
+    Body::DeleteConfirm(DeleteConfirm {
+        reason: reason.as_str().into(),
+    })
+}
+
+#[cfg(test)]
+#[path = "saga_tests.rs"]
+mod tests;

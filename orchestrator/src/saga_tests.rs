@@ -1,0 +1,284 @@
+//! Given a saga in each state, when each input message arrives, then the saga moves (or not)
+//! and sends exactly the expected messages.
+
+use super::*;
+use chrono::TimeZone;
+use platform::contract::*;
+
+fn booking_id() -> Uuid {
+    Uuid::from_u128(7)
+}
+
+fn saga_id() -> Uuid {
+    Uuid::from_u128(8)
+}
+
+fn env(version: u64, body: Body) -> Envelope {
+    Envelope::new(booking_id(), saga_id(), version, body)
+}
+
+fn at(h: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2030, 5, 1, h, 0, 0).unwrap()
+}
+
+fn created() -> Body {
+    Body::BookingCreated(BookingCreated {
+        room_id: 101,
+        booking_user_id: "alice".into(),
+        booking_user_email: None,
+        use_start_dtm: at(9),
+        use_end_dtm: at(10),
+    })
+}
+
+fn requested() -> Body {
+    Body::ConfirmRequested(ConfirmRequested {
+        confirm_id: Uuid::from_u128(9),
+        room_id: 101,
+        booking_user_id: "alice".into(),
+        use_start_dtm: at(9),
+        use_end_dtm: at(10),
+    })
+}
+
+fn decided() -> ConfirmDecided {
+    ConfirmDecided {
+        confirm_id: Uuid::from_u128(9),
+        confirm_user_id: "admin".into(),
+        reason: Some("room under repair".into()),
+    }
+}
+
+fn cancelled(reason: CancelReason) -> Body {
+    Body::BookingCancelled(BookingCancelled {
+        reason,
+        detail: None,
+    })
+}
+
+fn closed() -> Body {
+    Body::ConfirmClosed(ConfirmClosed {
+        confirm_id: Uuid::from_u128(9),
+        was_requested: true,
+        reason: "x".into(),
+    })
+}
+
+/// The eight inputs, each at a version newer than the saga has seen (booking events are v2+,
+/// confirm events v2+), except BookingCreated which is always v1.
+fn inputs() -> Vec<(&'static str, Envelope)> {
+    vec![
+        ("BookingCreated", env(1, created())),
+        ("ConfirmRequested", env(2, requested())),
+        ("ConfirmCompleted", env(2, Body::ConfirmCompleted(decided()))),
+        ("ConfirmDenied", env(2, Body::ConfirmDenied(decided()))),
+        ("BookingConfirmed", env(2, Body::BookingConfirmed(BookingConfirmed {}))),
+        ("BookingCancelled(USER)", env(2, cancelled(CancelReason::UserCancelled))),
+        ("BookingCancelled(DENIED)", env(2, cancelled(CancelReason::Denied))),
+        ("ConfirmClosed", env(2, closed())),
+    ]
+}
+
+fn saga_in(state: SagaState, booking_cancelled: bool) -> Saga {
+    Saga {
+        saga_id: saga_id(),
+        booking_id: booking_id(),
+        state,
+        booking_cancelled,
+        booking: None,
+        confirm_id: None,
+        outcome: None,
+        booking_version: 1,
+        confirm_version: 1,
+        version: 3,
+    }
+}
+
+fn commands(t: &Transition) -> Vec<&'static str> {
+    t.outputs
+        .iter()
+        .filter(|b| !matches!(b, Body::SagaStateChanged(_)))
+        .map(Body::type_name)
+        .collect()
+}
+
+/// Expected (state after, commands) for one state and input; None means "no effect".
+fn expected(
+    state: SagaState,
+    booking_cancelled: bool,
+    input: &str,
+) -> Option<(SagaState, Vec<&'static str>)> {
+    use SagaState::*;
+    let user_cancellable = matches!(state, Started | AwaitingApproval | Confirming | Completed)
+        || (state == Compensating && !booking_cancelled);
+    match (state, input) {
+        (Started, "ConfirmRequested") => Some((AwaitingApproval, vec![])),
+        (Started | AwaitingApproval, "ConfirmCompleted") => {
+            Some((Confirming, vec!["ConfirmBooking"]))
+        }
+        (Started | AwaitingApproval, "ConfirmDenied") => {
+            Some((Compensating, vec!["CancelBooking"]))
+        }
+        (Confirming, "BookingConfirmed") => Some((Completed, vec![])),
+        (_, "BookingCancelled(USER)") if user_cancellable => {
+            Some((Cancelling, vec!["DeleteConfirm"]))
+        }
+        (Compensating, "BookingCancelled(DENIED)") if !booking_cancelled => {
+            Some((Compensating, vec!["DeleteConfirm"]))
+        }
+        (Compensating, "ConfirmClosed") if booking_cancelled => Some((Compensated, vec![])),
+        (Cancelling, "ConfirmClosed") => Some((Cancelled, vec![])),
+        _ => None,
+    }
+}
+
+#[test]
+fn every_state_and_message_pair_has_its_defined_outcome() {
+    let mut states: Vec<(SagaState, bool)> = SagaState::ALL.iter().map(|s| (*s, false)).collect();
+    states.push((SagaState::Compensating, true));
+    for (state, booking_cancelled) in states {
+        for (name, msg) in inputs() {
+            let saga = saga_in(state, booking_cancelled);
+            let result = apply(Some(&saga), &msg);
+            let case = format!("{} (booking cancelled: {booking_cancelled}) + {name}", state.as_str());
+            if name == "BookingCreated" {
+                assert!(result.is_err(), "{case}: a second BookingCreated must be stale");
+                continue;
+            }
+            let t = result.unwrap_or_else(|e| panic!("{case}: unexpectedly ignored: {e}"));
+            match expected(state, booking_cancelled, name) {
+                Some((next, cmds)) => {
+                    assert_eq!(t.saga.state, next, "{case}");
+                    assert_eq!(commands(&t), cmds, "{case}");
+                    assert!(t.note.is_none(), "{case}");
+                    let announced = t.outputs.iter().any(|b| matches!(b, Body::SagaStateChanged(c) if c.state == next.as_str()));
+                    assert_eq!(announced, next != state, "{case}: state change announced iff it happened");
+                }
+                None => {
+                    assert_eq!(t.saga.state, state, "{case}: must not move");
+                    assert!(t.outputs.is_empty(), "{case}: must send nothing");
+                    assert!(t.note.is_some(), "{case}: must say why nothing happened");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn booking_created_starts_the_saga_and_requests_approval() {
+    let t = apply(None, &env(1, created())).unwrap();
+    assert_eq!(t.saga.state, SagaState::Started);
+    assert_eq!(commands(&t), vec!["RequestConfirm"]);
+    assert_eq!(t.saga.booking.as_ref().unwrap().room_id, 101);
+    assert_eq!(t.saga.awaiting(), Some("ConfirmRequested"));
+}
+
+#[test]
+fn messages_for_an_unknown_saga_are_ignored() {
+    for (name, msg) in inputs() {
+        if name == "BookingCreated" || name == "BookingCancelled(USER)" {
+            continue;
+        }
+        assert!(apply(None, &msg).is_err(), "{name}");
+    }
+}
+
+fn run(history: &[Envelope]) -> Option<Saga> {
+    let mut saga: Option<Saga> = None;
+    for msg in history {
+        if let Ok(t) = apply(saga.as_ref(), msg) {
+            saga = Some(t.saga);
+        }
+    }
+    saga
+}
+
+#[test]
+fn approve_path_completes() {
+    let s = run(&[
+        env(1, created()),
+        env(1, requested()),
+        env(2, Body::ConfirmCompleted(decided())),
+        env(2, Body::BookingConfirmed(BookingConfirmed {})),
+    ])
+    .unwrap();
+    assert_eq!(s.state, SagaState::Completed);
+    assert!(s.awaiting().is_none());
+}
+
+#[test]
+fn deny_path_cancels_the_booking_then_closes_the_confirm() {
+    let s = run(&[
+        env(1, created()),
+        env(1, requested()),
+        env(2, Body::ConfirmDenied(decided())),
+        env(2, cancelled(CancelReason::Denied)),
+        env(3, closed()),
+    ])
+    .unwrap();
+    assert_eq!(s.state, SagaState::Compensated);
+    assert!(s.outcome.unwrap().contains("room under repair"));
+}
+
+#[test]
+fn a_duplicate_delivery_is_ignored_the_second_time() {
+    let first = apply(None, &env(1, created())).unwrap().saga;
+    let msg = env(1, requested());
+    let second = apply(Some(&first), &msg).unwrap().saga;
+    assert!(apply(Some(&second), &msg).is_err());
+}
+
+#[test]
+fn a_late_confirmation_cannot_undo_a_cancel_that_overtook_it() {
+    // The booking was confirmed (v2) and then cancelled by its owner (v3), but v3 arrives first.
+    let s = run(&[
+        env(1, created()),
+        env(1, requested()),
+        env(2, Body::ConfirmCompleted(decided())),
+        env(3, cancelled(CancelReason::UserCancelled)),
+        env(2, Body::BookingConfirmed(BookingConfirmed {})),
+        env(3, closed()),
+    ])
+    .unwrap();
+    assert_eq!(s.state, SagaState::Cancelled);
+}
+
+#[test]
+fn a_cancel_that_overtakes_the_creation_still_closes_the_confirm() {
+    let first = apply(None, &env(2, cancelled(CancelReason::UserCancelled))).unwrap();
+    assert_eq!(first.saga.state, SagaState::Cancelling);
+    assert_eq!(commands(&first), vec!["DeleteConfirm"]);
+    // The creation, arriving late, must not request an approval.
+    assert!(apply(Some(&first.saga), &env(1, created())).is_err());
+}
+
+#[test]
+fn deny_racing_a_user_cancel_follows_the_booking_services_verdict() {
+    // The admin denied, but the owner's cancel reached the booking first.
+    let s = run(&[
+        env(1, created()),
+        env(1, requested()),
+        env(2, Body::ConfirmDenied(decided())),
+        env(2, cancelled(CancelReason::UserCancelled)),
+        env(3, closed()),
+    ])
+    .unwrap();
+    assert_eq!(s.state, SagaState::Cancelled);
+}
+
+#[test]
+fn confirm_events_in_any_order_with_duplicates_end_in_the_same_state() {
+    let history = [
+        env(1, created()),
+        env(1, requested()),
+        env(2, Body::ConfirmCompleted(decided())),
+        env(2, Body::BookingConfirmed(BookingConfirmed {})),
+    ];
+    let expected = run(&history).unwrap().state;
+    // Every order in which ConfirmRequested and ConfirmCompleted can arrive, each possibly twice.
+    let orders: [&[usize]; 4] = [&[0, 2, 1, 3], &[0, 1, 1, 2, 2, 3], &[0, 2, 2, 1, 3, 3], &[0, 0, 2, 1, 1, 3]];
+    for order in orders {
+        let shuffled: Vec<Envelope> = order.iter().map(|i| history[*i].clone()).collect();
+        assert_eq!(run(&shuffled).unwrap().state, expected, "order {order:?}");
+    }
+}

@@ -1,0 +1,229 @@
+//! Persistence of sagas and their timelines (same SQL on SQLite and PostgreSQL).
+
+use chrono::{DateTime, Utc};
+use platform::{
+    db::{Db, Tx},
+    time::{from_millis, now_millis, to_millis},
+};
+use serde::Serialize;
+use sqlx::{any::AnyRow, Any, Executor, Row as _};
+use uuid::Uuid;
+
+use crate::saga::{BookingInfo, Saga, SagaState};
+
+/// A saga as stored: the state machine's view plus bookkeeping.
+#[derive(Debug, Clone)]
+pub struct StoredSaga {
+    pub saga: Saga,
+    pub revision: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub settled_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "booking_id, saga_id, state, booking_cancelled, room_id, booking_user_id, \
+     start_ms, end_ms, confirm_id, outcome, booking_version, confirm_version, version, revision, \
+     created_at, updated_at, settled_at";
+
+fn uuid(r: &AnyRow, col: &str) -> Result<Uuid, sqlx::Error> {
+    let s: String = r.try_get(col)?;
+    Uuid::parse_str(&s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+fn from_row(r: &AnyRow) -> Result<StoredSaga, sqlx::Error> {
+    let state: String = r.try_get("state")?;
+    let room: Option<i64> = r.try_get("room_id")?;
+    let booking = match room {
+        Some(room_id) => Some(BookingInfo {
+            room_id,
+            booking_user_id: r.try_get::<Option<String>, _>("booking_user_id")?.unwrap_or_default(),
+            use_start_dtm: from_millis(r.try_get::<Option<i64>, _>("start_ms")?.unwrap_or_default()),
+            use_end_dtm: from_millis(r.try_get::<Option<i64>, _>("end_ms")?.unwrap_or_default()),
+        }),
+        None => None,
+    };
+    let confirm: Option<String> = r.try_get("confirm_id")?;
+    let count = |col: &str| -> Result<u64, sqlx::Error> {
+        Ok(u64::try_from(r.try_get::<i64, _>(col)?).unwrap_or_default())
+    };
+    Ok(StoredSaga {
+        saga: Saga {
+            saga_id: uuid(r, "saga_id")?,
+            booking_id: uuid(r, "booking_id")?,
+            state: SagaState::parse(&state)
+                .ok_or_else(|| sqlx::Error::Decode(format!("unknown saga state {state}").into()))?,
+            booking_cancelled: r.try_get::<i64, _>("booking_cancelled")? != 0,
+            booking,
+            confirm_id: confirm.and_then(|c| Uuid::parse_str(&c).ok()),
+            outcome: r.try_get("outcome")?,
+            booking_version: count("booking_version")?,
+            confirm_version: count("confirm_version")?,
+            version: count("version")?,
+        },
+        revision: r.try_get("revision")?,
+        created_at: from_millis(r.try_get("created_at")?),
+        updated_at: from_millis(r.try_get("updated_at")?),
+        settled_at: r.try_get::<Option<i64>, _>("settled_at")?.map(from_millis),
+    })
+}
+
+pub async fn load<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+    booking_id: Uuid,
+) -> Result<Option<StoredSaga>, sqlx::Error> {
+    sqlx::query(&format!("SELECT {COLUMNS} FROM sagas WHERE booking_id = $1"))
+        .bind(booking_id.to_string())
+        .fetch_optional(db)
+        .await?
+        .map(|r| from_row(&r))
+        .transpose()
+}
+
+/// Finds a saga by its saga id or its booking id.
+pub async fn find(db: &Db, id: Uuid) -> Result<Option<StoredSaga>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM sagas WHERE saga_id = $1 OR booking_id = $1"
+    ))
+    .bind(id.to_string())
+    .fetch_optional(&db.pool)
+    .await?
+    .map(|r| from_row(&r))
+    .transpose()
+}
+
+/// Inserts a new saga or updates an existing one if it is still at `previous_revision`.
+/// Returns false when another writer got there first (the caller retries the message).
+pub async fn save(tx: &mut Tx, saga: &Saga, previous_revision: Option<i64>) -> Result<bool, sqlx::Error> {
+    let now = now_millis();
+    let settled = saga.state.is_settled().then_some(now);
+    let info = saga.booking.as_ref();
+    let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let done = match previous_revision {
+        None => {
+            sqlx::query(&format!(
+                "INSERT INTO sagas ({COLUMNS}) VALUES \
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $14, $15) \
+                 ON CONFLICT DO NOTHING"
+            ))
+            .bind(saga.booking_id.to_string())
+            .bind(saga.saga_id.to_string())
+            .bind(saga.state.as_str())
+            .bind(i64::from(saga.booking_cancelled))
+            .bind(info.map(|b| b.room_id))
+            .bind(info.map(|b| b.booking_user_id.clone()))
+            .bind(info.map(|b| to_millis(b.use_start_dtm)))
+            .bind(info.map(|b| to_millis(b.use_end_dtm)))
+            .bind(saga.confirm_id.map(|c| c.to_string()))
+            .bind(&saga.outcome)
+            .bind(to_i64(saga.booking_version))
+            .bind(to_i64(saga.confirm_version))
+            .bind(to_i64(saga.version))
+            .bind(now)
+            .bind(settled)
+            .execute(&mut **tx)
+            .await?
+        }
+        Some(revision) => {
+            sqlx::query(
+                "UPDATE sagas SET state = $1, booking_cancelled = $2, confirm_id = $3, outcome = $4, \
+                 booking_version = $5, confirm_version = $6, version = $7, revision = revision + 1, \
+                 updated_at = $8, settled_at = COALESCE($9, settled_at) \
+                 WHERE booking_id = $10 AND revision = $11",
+            )
+            .bind(saga.state.as_str())
+            .bind(i64::from(saga.booking_cancelled))
+            .bind(saga.confirm_id.map(|c| c.to_string()))
+            .bind(&saga.outcome)
+            .bind(to_i64(saga.booking_version))
+            .bind(to_i64(saga.confirm_version))
+            .bind(to_i64(saga.version))
+            .bind(now)
+            .bind(settled)
+            .bind(saga.booking_id.to_string())
+            .bind(revision)
+            .execute(&mut **tx)
+            .await?
+        }
+    };
+    Ok(done.rows_affected() == 1)
+}
+
+/// One entry of a saga's timeline.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    #[serde(with = "platform::contract::rfc3339_utc")]
+    pub at: DateTime<Utc>,
+    /// `in` (a message the saga received) or `out` (a message it sent).
+    pub direction: String,
+    #[serde(rename = "type")]
+    pub message_type: String,
+    pub message_id: String,
+    /// The saga's state after this step.
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+pub async fn record_step(tx: &mut Tx, booking_id: Uuid, step: &Step) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO saga_steps (booking_id, at, direction, message_type, message_id, state, note) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(booking_id.to_string())
+    .bind(to_millis(step.at))
+    .bind(&step.direction)
+    .bind(&step.message_type)
+    .bind(&step.message_id)
+    .bind(&step.state)
+    .bind(&step.note)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn timeline(db: &Db, booking_id: Uuid) -> Result<Vec<Step>, sqlx::Error> {
+    sqlx::query(
+        "SELECT at, direction, message_type, message_id, state, note FROM saga_steps \
+         WHERE booking_id = $1 ORDER BY id",
+    )
+    .bind(booking_id.to_string())
+    .fetch_all(&db.pool)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(Step {
+            at: from_millis(r.try_get(0)?),
+            direction: r.try_get(1)?,
+            message_type: r.try_get(2)?,
+            message_id: r.try_get(3)?,
+            state: r.try_get(4)?,
+            note: r.try_get(5)?,
+        })
+    })
+    .collect()
+}
+
+/// Sagas in `state` (any if None), oldest update first, optionally only those not updated since
+/// `older_than`.
+pub async fn list(
+    db: &Db,
+    state: Option<SagaState>,
+    older_than: Option<DateTime<Utc>>,
+    limit: i64,
+    offset: i64,
+) -> Result<Vec<StoredSaga>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM sagas WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR updated_at < $2) \
+         ORDER BY updated_at, booking_id LIMIT $3 OFFSET $4"
+    ))
+    .bind(state.map(SagaState::as_str))
+    .bind(older_than.map(to_millis))
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(&db.pool)
+    .await?
+    .iter()
+    .map(from_row)
+    .collect()
+}

@@ -1,0 +1,258 @@
+//! What happens to a booking, each in one transaction with the event it implies (outbox):
+//! creating one (the slot check), the owner's cancel, and the orchestrator's commands.
+
+use chrono::{DateTime, Utc};
+use platform::{
+    contract::{Body, BookingCancelled, BookingConfirmed, BookingCreated, CancelReason, Envelope, RoomId},
+    db::{self, Db, Tx},
+    outbox::{self, OutboxSignal},
+    trace::TraceParent,
+};
+use uuid::Uuid;
+
+use crate::{
+    domain::{Booking, BookingStatus, TimeSlot},
+    store,
+};
+
+/// Why a booking operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BookingError {
+    #[error("room {0} does not exist")]
+    UnknownRoom(RoomId),
+    #[error("booking {0} not found")]
+    NotFound(Uuid),
+    #[error("room {room} is already booked from {start} to {end}")]
+    Overlap {
+        room: RoomId,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    },
+    #[error("the Idempotency-Key was already used for a different booking request")]
+    IdempotencyKeyReused,
+    #[error("booking {0} is already cancelled")]
+    AlreadyCancelled(Uuid),
+    #[error("booking {0} has already started")]
+    AlreadyStarted(Uuid),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// A validated request for a new booking.
+#[derive(Debug, Clone)]
+pub struct NewBooking {
+    pub room_id: RoomId,
+    pub slot: TimeSlot,
+    pub user_id: String,
+    pub user_email: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// The result of a create: the booking, and whether it was an idempotent replay.
+pub struct Created {
+    pub booking: Booking,
+    pub replayed: bool,
+}
+
+pub async fn create(
+    db: &Db,
+    outbox: &OutboxSignal,
+    req: NewBooking,
+    trace: &TraceParent,
+) -> Result<Created, BookingError> {
+    let mut tx = db.begin().await?;
+    if let Some(key) = &req.idempotency_key {
+        if let Some(existing) = store::find_by_idempotency_key(&mut *tx, &req.user_id, key).await? {
+            return replay(existing, &req);
+        }
+    }
+    if store::get_room(&mut *tx, req.room_id).await?.is_none() {
+        return Err(BookingError::UnknownRoom(req.room_id));
+    }
+    if let Some(other) = store::find_overlap(&mut *tx, req.room_id, &req.slot).await? {
+        return Err(overlap(&other));
+    }
+    let now = platform::time::now();
+    let booking = Booking {
+        id: Uuid::now_v7(),
+        saga_id: Uuid::now_v7(),
+        room_id: req.room_id,
+        booking_user_id: req.user_id.clone(),
+        booking_user_email: req.user_email.clone(),
+        use_start_dtm: req.slot.start(),
+        use_end_dtm: req.slot.end(),
+        status: BookingStatus::Booked,
+        cancel_reason: None,
+        cancel_detail: None,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    let inserted = store::insert_booking(&mut *tx, &booking, req.idempotency_key.as_deref()).await;
+    match inserted {
+        Ok(()) => {}
+        // The database's own guard (trigger / exclusion constraint) caught a concurrent booking.
+        Err(e) if db::error_mentions(&e, "booking_overlap") => {
+            drop(tx);
+            return Err(match store::find_overlap(&db.pool, req.room_id, &req.slot).await? {
+                Some(other) => overlap(&other),
+                None => BookingError::Overlap {
+                    room: req.room_id,
+                    start: req.slot.start(),
+                    end: req.slot.end(),
+                },
+            });
+        }
+        // A concurrent retry with the same Idempotency-Key won the race: answer with its booking.
+        Err(e) if db::is_conflict(&e) && req.idempotency_key.is_some() => {
+            drop(tx);
+            let key = req.idempotency_key.as_deref().unwrap_or_default();
+            return match store::find_by_idempotency_key(&db.pool, &req.user_id, key).await? {
+                Some(existing) => replay(existing, &req),
+                None => Err(e.into()),
+            };
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let event = Body::BookingCreated(BookingCreated {
+        room_id: booking.room_id,
+        booking_user_id: booking.booking_user_id.clone(),
+        booking_user_email: booking.booking_user_email.clone(),
+        use_start_dtm: booking.use_start_dtm,
+        use_end_dtm: booking.use_end_dtm,
+    });
+    emit(&mut tx, &booking, event, trace).await?;
+    tx.commit().await.map_err(|e| {
+        if db::error_mentions(&e, "booking_overlap") {
+            overlap_of(&req)
+        } else {
+            e.into()
+        }
+    })?;
+    outbox.notify();
+    Ok(Created {
+        booking,
+        replayed: false,
+    })
+}
+
+fn replay(existing: Booking, req: &NewBooking) -> Result<Created, BookingError> {
+    if existing.room_id == req.room_id && existing.slot() == req.slot {
+        Ok(Created {
+            booking: existing,
+            replayed: true,
+        })
+    } else {
+        Err(BookingError::IdempotencyKeyReused)
+    }
+}
+
+fn overlap(other: &Booking) -> BookingError {
+    BookingError::Overlap {
+        room: other.room_id,
+        start: other.use_start_dtm,
+        end: other.use_end_dtm,
+    }
+}
+
+fn overlap_of(req: &NewBooking) -> BookingError {
+    BookingError::Overlap {
+        room: req.room_id,
+        start: req.slot.start(),
+        end: req.slot.end(),
+    }
+}
+
+/// The owner's (or an admin's) cancel. A booking can be cancelled until it starts.
+pub async fn cancel_by_user(
+    db: &Db,
+    outbox: &OutboxSignal,
+    id: Uuid,
+    detail: Option<String>,
+    trace: &TraceParent,
+    may_access: impl FnOnce(&Booking) -> bool,
+) -> Result<Booking, BookingError> {
+    let mut tx = db.begin().await?;
+    let booking = store::get_booking(&mut *tx, id)
+        .await?
+        .filter(may_access)
+        .ok_or(BookingError::NotFound(id))?;
+    if booking.status == BookingStatus::Cancelled {
+        return Err(BookingError::AlreadyCancelled(id));
+    }
+    if booking.use_start_dtm <= platform::time::now() {
+        return Err(BookingError::AlreadyStarted(id));
+    }
+    let cancelled = apply_cancel(&mut tx, booking, CancelReason::UserCancelled, detail, trace).await?;
+    tx.commit().await?;
+    outbox.notify();
+    Ok(cancelled)
+}
+
+async fn apply_cancel(
+    tx: &mut Tx,
+    mut booking: Booking,
+    reason: CancelReason,
+    detail: Option<String>,
+    trace: &TraceParent,
+) -> Result<Booking, BookingError> {
+    let read_version = booking.version;
+    booking.status = BookingStatus::Cancelled;
+    booking.cancel_reason = Some(reason);
+    booking.cancel_detail = detail.clone();
+    booking.version += 1;
+    booking.updated_at = platform::time::now();
+    if !store::update_status(&mut **tx, &booking, read_version).await? {
+        // Only possible on PostgreSQL with a concurrent writer; the caller's transaction is
+        // abandoned and the operation retried (message) or reported (HTTP).
+        return Err(sqlx::Error::RowNotFound.into());
+    }
+    emit(tx, &booking, Body::BookingCancelled(BookingCancelled { reason, detail }), trace).await?;
+    Ok(booking)
+}
+
+/// `ConfirmBooking` from the orchestrator: BOOKED → CONFIRMED. A booking that was cancelled in
+/// the meantime stays cancelled (the cancel already told the orchestrator).
+pub async fn on_confirm_command(tx: &mut Tx, id: Uuid, trace: &TraceParent) -> Result<Option<Booking>, BookingError> {
+    let mut booking = store::get_booking(&mut **tx, id)
+        .await?
+        .ok_or(BookingError::NotFound(id))?;
+    if booking.status != BookingStatus::Booked {
+        tracing::info!(status = booking.status.as_str(), "ConfirmBooking ignored: booking is not BOOKED");
+        return Ok(None);
+    }
+    let read_version = booking.version;
+    booking.status = BookingStatus::Confirmed;
+    booking.version += 1;
+    booking.updated_at = platform::time::now();
+    if !store::update_status(&mut **tx, &booking, read_version).await? {
+        return Err(sqlx::Error::RowNotFound.into());
+    }
+    emit(tx, &booking, Body::BookingConfirmed(BookingConfirmed {}), trace).await?;
+    Ok(Some(booking))
+}
+
+/// `CancelBooking` from the orchestrator (a compensation): frees the slot. An already
+/// cancelled booking is left as it is.
+pub async fn on_cancel_command(
+    tx: &mut Tx,
+    id: Uuid,
+    reason: CancelReason,
+    detail: Option<String>,
+    trace: &TraceParent,
+) -> Result<Option<Booking>, BookingError> {
+    let booking = store::get_booking(&mut **tx, id)
+        .await?
+        .ok_or(BookingError::NotFound(id))?;
+    if booking.status == BookingStatus::Cancelled {
+        tracing::info!("CancelBooking ignored: booking is already cancelled");
+        return Ok(None);
+    }
+    apply_cancel(tx, booking, reason, detail, trace).await.map(Some)
+}
+
+async fn emit(tx: &mut Tx, booking: &Booking, body: Body, trace: &TraceParent) -> Result<(), sqlx::Error> {
+    let version = u64::try_from(booking.version).unwrap_or_default();
+    let env = Envelope::new(booking.id, booking.saga_id, version, body);
+    outbox::enqueue(tx, &env, trace).await
+}

@@ -1,0 +1,253 @@
+//! SQL for rooms and bookings (the same statements on SQLite and PostgreSQL).
+
+use chrono::{DateTime, Utc};
+use platform::{
+    contract::{CancelReason, RoomId},
+    time::{from_millis, to_millis},
+};
+use sqlx::{any::AnyRow, Any, Executor, Row as _};
+use uuid::Uuid;
+
+use crate::domain::{Booking, BookingStatus, Room, TimeSlot};
+
+const BOOKING_COLUMNS: &str = "id, saga_id, room_id, booking_user_id, booking_user_email, start_ms, \
+     end_ms, status, cancel_reason, cancel_detail, version, created_at, updated_at";
+
+fn booking_from_row(row: &AnyRow) -> Result<Booking, sqlx::Error> {
+    let uuid = |col: &str| -> Result<Uuid, sqlx::Error> {
+        let s: String = row.try_get(col)?;
+        Uuid::parse_str(&s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    };
+    let status: String = row.try_get("status")?;
+    let reason: Option<String> = row.try_get("cancel_reason")?;
+    Ok(Booking {
+        id: uuid("id")?,
+        saga_id: uuid("saga_id")?,
+        room_id: row.try_get("room_id")?,
+        booking_user_id: row.try_get("booking_user_id")?,
+        booking_user_email: row.try_get("booking_user_email")?,
+        use_start_dtm: from_millis(row.try_get("start_ms")?),
+        use_end_dtm: from_millis(row.try_get("end_ms")?),
+        status: BookingStatus::parse(&status)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown status {status}").into()))?,
+        cancel_reason: reason.as_deref().and_then(CancelReason::parse),
+        cancel_detail: row.try_get("cancel_detail")?,
+        version: row.try_get("version")?,
+        created_at: from_millis(row.try_get("created_at")?),
+        updated_at: from_millis(row.try_get("updated_at")?),
+    })
+}
+
+pub async fn get_booking<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+    id: Uuid,
+) -> Result<Option<Booking>, sqlx::Error> {
+    sqlx::query(&format!("SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = $1"))
+        .bind(id.to_string())
+        .fetch_optional(db)
+        .await?
+        .map(|r| booking_from_row(&r))
+        .transpose()
+}
+
+pub async fn find_by_idempotency_key<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+    user: &str,
+    key: &str,
+) -> Result<Option<Booking>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {BOOKING_COLUMNS} FROM bookings WHERE booking_user_id = $1 AND idempotency_key = $2"
+    ))
+    .bind(user)
+    .bind(key)
+    .fetch_optional(db)
+    .await?
+    .map(|r| booking_from_row(&r))
+    .transpose()
+}
+
+/// A live booking of `room` overlapping `slot`, if any.
+pub async fn find_overlap<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+    room: RoomId,
+    slot: &TimeSlot,
+) -> Result<Option<Booking>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {BOOKING_COLUMNS} FROM bookings WHERE room_id = $1 AND status <> 'CANCELLED' \
+         AND start_ms < $2 AND $3 < end_ms LIMIT 1"
+    ))
+    .bind(room)
+    .bind(to_millis(slot.end()))
+    .bind(to_millis(slot.start()))
+    .fetch_optional(db)
+    .await?
+    .map(|r| booking_from_row(&r))
+    .transpose()
+}
+
+pub async fn insert_booking<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+    b: &Booking,
+    idempotency_key: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "INSERT INTO bookings ({BOOKING_COLUMNS}, idempotency_key) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+    ))
+    .bind(b.id.to_string())
+    .bind(b.saga_id.to_string())
+    .bind(b.room_id)
+    .bind(&b.booking_user_id)
+    .bind(&b.booking_user_email)
+    .bind(to_millis(b.use_start_dtm))
+    .bind(to_millis(b.use_end_dtm))
+    .bind(b.status.as_str())
+    .bind(b.cancel_reason.map(CancelReason::as_str))
+    .bind(&b.cancel_detail)
+    .bind(b.version)
+    .bind(to_millis(b.created_at))
+    .bind(to_millis(b.updated_at))
+    .bind(idempotency_key)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Writes a status change, guarded by the version it was read at (optimistic concurrency).
+/// Returns false when someone else changed the booking in between.
+pub async fn update_status<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+    b: &Booking,
+    read_version: i64,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE bookings SET status = $1, cancel_reason = $2, cancel_detail = $3, version = $4, \
+         updated_at = $5 WHERE id = $6 AND version = $7",
+    )
+    .bind(b.status.as_str())
+    .bind(b.cancel_reason.map(CancelReason::as_str))
+    .bind(&b.cancel_detail)
+    .bind(b.version)
+    .bind(to_millis(b.updated_at))
+    .bind(b.id.to_string())
+    .bind(read_version)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Filters of `GET /bookings`.
+#[derive(Debug, Default)]
+pub struct BookingFilter {
+    pub user: Option<String>,
+    pub room: Option<RoomId>,
+    pub status: Option<BookingStatus>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+pub async fn list_bookings<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+    f: &BookingFilter,
+) -> Result<Vec<Booking>, sqlx::Error> {
+    // Unused filters compare a column with itself through a NULL check, keeping one statement.
+    sqlx::query(&format!(
+        "SELECT {BOOKING_COLUMNS} FROM bookings \
+         WHERE ($1 IS NULL OR booking_user_id = $1) AND ($2 IS NULL OR room_id = $2) \
+           AND ($3 IS NULL OR status = $3) \
+         ORDER BY start_ms, id LIMIT $4 OFFSET $5"
+    ))
+    .bind(&f.user)
+    .bind(f.room)
+    .bind(f.status.map(BookingStatus::as_str))
+    .bind(f.limit)
+    .bind(f.offset)
+    .fetch_all(db)
+    .await?
+    .iter()
+    .map(booking_from_row)
+    .collect()
+}
+
+/// Live bookings of `room` intersecting `[from, to)`, in time order.
+pub async fn busy_slots<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+    room: RoomId,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<(DateTime<Utc>, DateTime<Utc>, BookingStatus)>, sqlx::Error> {
+    sqlx::query(
+        "SELECT start_ms, end_ms, status FROM bookings WHERE room_id = $1 AND status <> 'CANCELLED' \
+         AND start_ms < $2 AND $3 < end_ms ORDER BY start_ms",
+    )
+    .bind(room)
+    .bind(to_millis(to))
+    .bind(to_millis(from))
+    .fetch_all(db)
+    .await?
+    .iter()
+    .map(|r| {
+        let status: String = r.try_get(2)?;
+        Ok((
+            from_millis(r.try_get(0)?),
+            from_millis(r.try_get(1)?),
+            BookingStatus::parse(&status).unwrap_or(BookingStatus::Booked),
+        ))
+    })
+    .collect()
+}
+
+fn room_from_row(r: &AnyRow) -> Result<Room, sqlx::Error> {
+    Ok(Room {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        capacity: r.try_get("capacity")?,
+    })
+}
+
+pub async fn list_rooms<'c, E: Executor<'c, Database = Any>>(db: E) -> Result<Vec<Room>, sqlx::Error> {
+    sqlx::query("SELECT id, name, capacity FROM rooms ORDER BY id")
+        .fetch_all(db)
+        .await?
+        .iter()
+        .map(room_from_row)
+        .collect()
+}
+
+pub async fn get_room<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+    id: RoomId,
+) -> Result<Option<Room>, sqlx::Error> {
+    sqlx::query("SELECT id, name, capacity FROM rooms WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await?
+        .map(|r| room_from_row(&r))
+        .transpose()
+}
+
+pub async fn next_room_id<'c, E: Executor<'c, Database = Any>>(db: E) -> Result<RoomId, sqlx::Error> {
+    let max: Option<i64> = sqlx::query("SELECT MAX(id) FROM rooms")
+        .fetch_one(db)
+        .await?
+        .try_get(0)?;
+    Ok(max.map_or(101, |m| m + 1))
+}
+
+pub async fn insert_room<'c, E: Executor<'c, Database = Any>>(db: E, room: &Room) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO rooms (id, name, capacity, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(room.id)
+        .bind(&room.name)
+        .bind(room.capacity)
+        .bind(platform::time::now_millis())
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn count_rooms<'c, E: Executor<'c, Database = Any>>(db: E) -> Result<i64, sqlx::Error> {
+    sqlx::query("SELECT COUNT(*) FROM rooms")
+        .fetch_one(db)
+        .await?
+        .try_get(0)
+}

@@ -1,0 +1,389 @@
+//! Approval requests: created by the orchestrator's `RequestConfirm`, decided by an admin,
+//! closed by `DeleteConfirm`. Each change and its event are written in one transaction.
+
+use chrono::{DateTime, Utc};
+use platform::{
+    contract::{Body, ConfirmClosed, ConfirmDecided, ConfirmRequested, Envelope, RequestConfirm, RoomId},
+    db::{Db, Tx},
+    outbox::{self, OutboxSignal},
+    time::{from_millis, now_millis, to_millis},
+    trace::TraceParent,
+};
+use serde::Serialize;
+use sqlx::{any::AnyRow, Any, Executor, Row as _};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ConfirmStatus {
+    Booked,
+    Confirmed,
+    Denied,
+}
+
+impl ConfirmStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfirmStatus::Booked => "BOOKED",
+            ConfirmStatus::Confirmed => "CONFIRMED",
+            ConfirmStatus::Denied => "DENIED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "BOOKED" => Some(ConfirmStatus::Booked),
+            "CONFIRMED" => Some(ConfirmStatus::Confirmed),
+            "DENIED" => Some(ConfirmStatus::Denied),
+            _ => None,
+        }
+    }
+}
+
+/// An approval request as the admin sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Confirm {
+    pub id: Uuid,
+    pub booking_id: Uuid,
+    pub saga_id: Uuid,
+    pub room_id: Option<RoomId>,
+    pub booking_user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_time")]
+    pub use_start_dtm: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_time")]
+    pub use_end_dtm: Option<DateTime<Utc>>,
+    pub status: ConfirmStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirm_user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_time")]
+    pub confirm_dtm: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Closed confirms (booking cancelled) can no longer be decided.
+    pub closed: bool,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_time")]
+    pub closed_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_reason: Option<String>,
+    pub version: i64,
+    #[serde(serialize_with = "platform::contract::rfc3339_utc::serialize")]
+    pub created_at: DateTime<Utc>,
+}
+
+fn opt_time<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => platform::contract::rfc3339_utc::serialize(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+const COLUMNS: &str = "id, booking_id, saga_id, room_id, booking_user_id, start_ms, end_ms, status, \
+     confirm_user_id, decided_at, reason, requested, closed_at, close_reason, version, created_at";
+
+fn from_row(r: &AnyRow) -> Result<Confirm, sqlx::Error> {
+    let uuid = |col: &str| -> Result<Uuid, sqlx::Error> {
+        let s: String = r.try_get(col)?;
+        Uuid::parse_str(&s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    };
+    let time = |col: &str| -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        Ok(r.try_get::<Option<i64>, _>(col)?.map(from_millis))
+    };
+    let status: String = r.try_get("status")?;
+    let closed_at = time("closed_at")?;
+    Ok(Confirm {
+        id: uuid("id")?,
+        booking_id: uuid("booking_id")?,
+        saga_id: uuid("saga_id")?,
+        room_id: r.try_get("room_id")?,
+        booking_user_id: r.try_get("booking_user_id")?,
+        use_start_dtm: time("start_ms")?,
+        use_end_dtm: time("end_ms")?,
+        status: ConfirmStatus::parse(&status)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown status {status}").into()))?,
+        confirm_user_id: r.try_get("confirm_user_id")?,
+        confirm_dtm: time("decided_at")?,
+        reason: r.try_get("reason")?,
+        closed: closed_at.is_some(),
+        closed_at,
+        close_reason: r.try_get("close_reason")?,
+        version: r.try_get("version")?,
+        created_at: from_millis(r.try_get("created_at")?),
+    })
+}
+
+pub async fn get<'c, E: Executor<'c, Database = Any>>(db: E, id: Uuid) -> Result<Option<Confirm>, sqlx::Error> {
+    sqlx::query(&format!("SELECT {COLUMNS} FROM confirms WHERE id = $1"))
+        .bind(id.to_string())
+        .fetch_optional(db)
+        .await?
+        .map(|r| from_row(&r))
+        .transpose()
+}
+
+pub async fn get_by_booking<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+    booking_id: Uuid,
+) -> Result<Option<Confirm>, sqlx::Error> {
+    sqlx::query(&format!("SELECT {COLUMNS} FROM confirms WHERE booking_id = $1"))
+        .bind(booking_id.to_string())
+        .fetch_optional(db)
+        .await?
+        .map(|r| from_row(&r))
+        .transpose()
+}
+
+/// Filters of `GET /confirms`; by default only open (not closed) requests are listed.
+#[derive(Debug, Default)]
+pub struct ConfirmFilter {
+    pub status: Option<ConfirmStatus>,
+    pub booking_id: Option<Uuid>,
+    pub include_closed: bool,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+pub async fn list(db: &Db, f: &ConfirmFilter) -> Result<Vec<Confirm>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM confirms WHERE requested = 1 \
+           AND ($1 IS NULL OR status = $1) AND ($2 IS NULL OR booking_id = $2) \
+           AND ($3 = 1 OR closed_at IS NULL) \
+         ORDER BY created_at, id LIMIT $4 OFFSET $5"
+    ))
+    .bind(f.status.map(ConfirmStatus::as_str))
+    .bind(f.booking_id.map(|b| b.to_string()))
+    .bind(i64::from(f.include_closed))
+    .bind(f.limit)
+    .bind(f.offset)
+    .fetch_all(&db.pool)
+    .await?
+    .iter()
+    .map(from_row)
+    .collect()
+}
+
+async fn insert(tx: &mut Tx, c: &Confirm, requested: bool) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "INSERT INTO confirms ({COLUMNS}, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+    ))
+    .bind(c.id.to_string())
+    .bind(c.booking_id.to_string())
+    .bind(c.saga_id.to_string())
+    .bind(c.room_id)
+    .bind(&c.booking_user_id)
+    .bind(c.use_start_dtm.map(to_millis))
+    .bind(c.use_end_dtm.map(to_millis))
+    .bind(c.status.as_str())
+    .bind(&c.confirm_user_id)
+    .bind(c.confirm_dtm.map(to_millis))
+    .bind(&c.reason)
+    .bind(i64::from(requested))
+    .bind(c.closed_at.map(to_millis))
+    .bind(&c.close_reason)
+    .bind(c.version)
+    .bind(to_millis(c.created_at))
+    .bind(now_millis())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Writes a change guarded by the version it was read at; false if someone changed it first.
+async fn update(tx: &mut Tx, c: &Confirm, read_version: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE confirms SET status = $1, confirm_user_id = $2, decided_at = $3, reason = $4, \
+         closed_at = $5, close_reason = $6, version = $7, updated_at = $8 \
+         WHERE id = $9 AND version = $10",
+    )
+    .bind(c.status.as_str())
+    .bind(&c.confirm_user_id)
+    .bind(c.confirm_dtm.map(to_millis))
+    .bind(&c.reason)
+    .bind(c.closed_at.map(to_millis))
+    .bind(&c.close_reason)
+    .bind(c.version)
+    .bind(now_millis())
+    .bind(c.id.to_string())
+    .bind(read_version)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+async fn emit(tx: &mut Tx, c: &Confirm, body: Body, trace: &TraceParent) -> Result<(), sqlx::Error> {
+    let version = u64::try_from(c.version).unwrap_or_default();
+    outbox::enqueue(tx, &Envelope::new(c.booking_id, c.saga_id, version, body), trace).await
+}
+
+/// `RequestConfirm`: opens the approval request (once per booking).
+pub async fn on_request(
+    tx: &mut Tx,
+    booking_id: Uuid,
+    saga_id: Uuid,
+    req: &RequestConfirm,
+    trace: &TraceParent,
+) -> Result<(), sqlx::Error> {
+    if let Some(existing) = get_by_booking(&mut **tx, booking_id).await? {
+        tracing::info!(closed = existing.closed, "RequestConfirm ignored: a confirm already exists for this booking");
+        return Ok(());
+    }
+    let confirm = Confirm {
+        id: Uuid::now_v7(),
+        booking_id,
+        saga_id,
+        room_id: Some(req.room_id),
+        booking_user_id: Some(req.booking_user_id.clone()),
+        use_start_dtm: Some(req.use_start_dtm),
+        use_end_dtm: Some(req.use_end_dtm),
+        status: ConfirmStatus::Booked,
+        confirm_user_id: None,
+        confirm_dtm: None,
+        reason: None,
+        closed: false,
+        closed_at: None,
+        close_reason: None,
+        version: 1,
+        created_at: platform::time::now(),
+    };
+    insert(tx, &confirm, true).await?;
+    let event = Body::ConfirmRequested(ConfirmRequested {
+        confirm_id: confirm.id,
+        room_id: req.room_id,
+        booking_user_id: req.booking_user_id.clone(),
+        use_start_dtm: req.use_start_dtm,
+        use_end_dtm: req.use_end_dtm,
+    });
+    emit(tx, &confirm, event, trace).await
+}
+
+/// `DeleteConfirm`: closes the request so it can no longer be decided. If it was never
+/// requested, a closed tombstone takes its place.
+pub async fn on_delete(
+    tx: &mut Tx,
+    booking_id: Uuid,
+    saga_id: Uuid,
+    reason: &str,
+    trace: &TraceParent,
+) -> Result<(), sqlx::Error> {
+    let now = platform::time::now();
+    match get_by_booking(&mut **tx, booking_id).await? {
+        Some(c) if c.closed => {
+            tracing::info!("DeleteConfirm ignored: already closed");
+            Ok(())
+        }
+        Some(mut c) => {
+            let read_version = c.version;
+            c.closed = true;
+            c.closed_at = Some(now);
+            c.close_reason = Some(reason.to_string());
+            c.version += 1;
+            if !update(tx, &c, read_version).await? {
+                return Err(sqlx::Error::RowNotFound);
+            }
+            let body = Body::ConfirmClosed(ConfirmClosed {
+                confirm_id: c.id,
+                was_requested: true,
+                reason: reason.to_string(),
+            });
+            emit(tx, &c, body, trace).await
+        }
+        None => {
+            let tombstone = Confirm {
+                id: Uuid::now_v7(),
+                booking_id,
+                saga_id,
+                room_id: None,
+                booking_user_id: None,
+                use_start_dtm: None,
+                use_end_dtm: None,
+                status: ConfirmStatus::Booked,
+                confirm_user_id: None,
+                confirm_dtm: None,
+                reason: None,
+                closed: true,
+                closed_at: Some(now),
+                close_reason: Some(reason.to_string()),
+                version: 1,
+                created_at: now,
+            };
+            insert(tx, &tombstone, false).await?;
+            let body = Body::ConfirmClosed(ConfirmClosed {
+                confirm_id: tombstone.id,
+                was_requested: false,
+                reason: reason.to_string(),
+            });
+            emit(tx, &tombstone, body, trace).await
+        }
+    }
+}
+
+/// Why an admin's decision was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DecisionError {
+    #[error("confirm {0} not found")]
+    NotFound(Uuid),
+    #[error("status must be CONFIRMED or DENIED")]
+    NotADecision,
+    #[error("the booking was cancelled; confirm {0} is closed")]
+    Closed(Uuid),
+    #[error("confirm {id} was already {status}")]
+    AlreadyDecided { id: Uuid, status: &'static str },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// An admin approves or denies. Repeating the same decision is answered with the confirm as
+/// it is; a different decision, or any decision on a closed confirm, is refused.
+pub async fn decide(
+    db: &Db,
+    outbox: &OutboxSignal,
+    id: Uuid,
+    decision: ConfirmStatus,
+    admin: &str,
+    reason: Option<String>,
+    trace: &TraceParent,
+) -> Result<Confirm, DecisionError> {
+    if decision == ConfirmStatus::Booked {
+        return Err(DecisionError::NotADecision);
+    }
+    let mut tx = db.begin().await?;
+    let mut c = get(&mut *tx, id)
+        .await?
+        .filter(|c| c.room_id.is_some())
+        .ok_or(DecisionError::NotFound(id))?;
+    if c.status == decision {
+        return Ok(c);
+    }
+    if c.closed {
+        return Err(DecisionError::Closed(id));
+    }
+    if c.status != ConfirmStatus::Booked {
+        return Err(DecisionError::AlreadyDecided {
+            id,
+            status: c.status.as_str(),
+        });
+    }
+    let read_version = c.version;
+    c.status = decision;
+    c.confirm_user_id = Some(admin.to_string());
+    c.confirm_dtm = Some(platform::time::now());
+    c.reason = reason.clone();
+    c.version += 1;
+    if !update(&mut tx, &c, read_version).await? {
+        return Err(sqlx::Error::RowNotFound.into());
+    }
+    let decided = ConfirmDecided {
+        confirm_id: c.id,
+        confirm_user_id: admin.to_string(),
+        reason,
+    };
+    let body = match decision {
+        ConfirmStatus::Confirmed => Body::ConfirmCompleted(decided),
+        _ => Body::ConfirmDenied(decided),
+    };
+    emit(&mut tx, &c, body, trace).await?;
+    tx.commit().await?;
+    outbox.notify();
+    Ok(c)
+}

@@ -1,0 +1,188 @@
+//! The gateway's settings, read from the environment. The services behind it form a table
+//! ([`Service`]) so that adding one is a new variant plus its routes in [`crate::proxy`].
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `HTTP_ADDR` | `0.0.0.0:8088` | where the gateway listens |
+//! | `BOOKING_URL` | `http://127.0.0.1:8081` | booking service |
+//! | `CONFIRM_URL` | `http://127.0.0.1:8082` | confirm service |
+//! | `ORCHESTRATOR_URL` | `http://127.0.0.1:8083` | saga orchestrator |
+//! | `NOTIFICATION_URL` | unset (not deployed) | notification service, e.g. `http://127.0.0.1:8084` |
+//! | `BOOKINGLIST_URL` | unset (not deployed) | booking-list read model, e.g. `http://127.0.0.1:8085` |
+//! | `UPSTREAM_TIMEOUT_MS` | `10000` | how long one upstream call may take |
+//! | `JWT_SECRET` | required | HS256 key shared with whoever mints tokens |
+//! | `JWT_ISSUER` | `roombook` | the `iss` tokens must carry |
+//! | `JWT_AUDIENCE` | `roombook-api` | the `aud` tokens must carry |
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use anyhow::{bail, Context as _};
+use platform::config::env_or;
+use reqwest::Url;
+
+/// A service behind the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Service {
+    Booking,
+    Confirm,
+    Orchestrator,
+    Notification,
+    BookingList,
+}
+
+impl Service {
+    pub const ALL: [Service; 5] = [
+        Service::Booking,
+        Service::Confirm,
+        Service::Orchestrator,
+        Service::Notification,
+        Service::BookingList,
+    ];
+
+    /// The name used in logs, problems and `/readyz`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Booking => "booking",
+            Service::Confirm => "confirm",
+            Service::Orchestrator => "orchestrator",
+            Service::Notification => "notification",
+            Service::BookingList => "bookinglist",
+        }
+    }
+
+    /// The variable holding the service's base URL.
+    pub fn url_var(self) -> &'static str {
+        match self {
+            Service::Booking => "BOOKING_URL",
+            Service::Confirm => "CONFIRM_URL",
+            Service::Orchestrator => "ORCHESTRATOR_URL",
+            Service::Notification => "NOTIFICATION_URL",
+            Service::BookingList => "BOOKINGLIST_URL",
+        }
+    }
+
+    /// The local default for the services every deployment has; `None` for those that are
+    /// only there when their variable is set.
+    pub fn default_url(self) -> Option<&'static str> {
+        match self {
+            Service::Booking => Some("http://127.0.0.1:8081"),
+            Service::Confirm => Some("http://127.0.0.1:8082"),
+            Service::Orchestrator => Some("http://127.0.0.1:8083"),
+            Service::Notification | Service::BookingList => None,
+        }
+    }
+}
+
+/// How bearer tokens are checked (and, for dev tokens, minted).
+#[derive(Clone)]
+pub struct JwtConfig {
+    pub secret: String,
+    pub issuer: String,
+    pub audience: String,
+}
+
+impl JwtConfig {
+    pub const DEFAULT_ISSUER: &'static str = "roombook";
+    pub const DEFAULT_AUDIENCE: &'static str = "roombook-api";
+
+    /// Reads `JWT_SECRET` (required), `JWT_ISSUER` and `JWT_AUDIENCE`.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let secret = env_or("JWT_SECRET", "");
+        if secret.is_empty() {
+            bail!("JWT_SECRET must be set: it is the key that signs and verifies bearer tokens");
+        }
+        Ok(JwtConfig {
+            secret,
+            issuer: env_or("JWT_ISSUER", Self::DEFAULT_ISSUER),
+            audience: env_or("JWT_AUDIENCE", Self::DEFAULT_AUDIENCE),
+        })
+    }
+
+    /// The default issuer and audience with the given secret.
+    pub fn with_secret(secret: &str) -> Self {
+        JwtConfig {
+            secret: secret.to_string(),
+            issuer: Self::DEFAULT_ISSUER.to_string(),
+            audience: Self::DEFAULT_AUDIENCE.to_string(),
+        }
+    }
+}
+
+// The secret must not end up in logs.
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("secret", &"<redacted>")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http_addr: SocketAddr,
+    /// Base URL of each service; a service without one is not deployed and its routes answer
+    /// 503.
+    pub upstreams: BTreeMap<Service, Url>,
+    /// Covers connecting, sending and reading the whole answer. Keep it under the 30 s request
+    /// timeout of the common layers, or that one answers first (with an empty 503).
+    pub upstream_timeout: Duration,
+    pub jwt: JwtConfig,
+}
+
+impl Config {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+    pub fn from_env() -> anyhow::Result<Self> {
+        let mut upstreams = BTreeMap::new();
+        for service in Service::ALL {
+            let url = env_or(service.url_var(), service.default_url().unwrap_or(""));
+            if !url.is_empty() {
+                let url = parse_upstream(&url).context(service.url_var())?;
+                upstreams.insert(service, url);
+            }
+        }
+        let timeout_ms: u64 = env_or("UPSTREAM_TIMEOUT_MS", "10000")
+            .parse()
+            .context("UPSTREAM_TIMEOUT_MS must be a number of milliseconds")?;
+        Ok(Config {
+            http_addr: env_or("HTTP_ADDR", "0.0.0.0:8088")
+                .parse()
+                .context("HTTP_ADDR must be host:port")?,
+            upstreams,
+            upstream_timeout: Duration::from_millis(timeout_ms),
+            jwt: JwtConfig::from_env()?,
+        })
+    }
+
+    /// Port 0 on localhost, no upstreams, default timeout, issuer and audience.
+    pub fn for_test(secret: &str) -> Self {
+        Config {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            upstreams: BTreeMap::new(),
+            upstream_timeout: Self::DEFAULT_TIMEOUT,
+            jwt: JwtConfig::with_secret(secret),
+        }
+    }
+
+    /// Routes `service` to `url`. Panics on an invalid URL: meant for tests and literals.
+    pub fn with_upstream(mut self, service: Service, url: &str) -> Self {
+        let url = parse_upstream(url).unwrap_or_else(|e| panic!("{url}: {e:#}"));
+        self.upstreams.insert(service, url);
+        self
+    }
+}
+
+/// An upstream base URL: plain `http` (inside the mesh, TLS is the sidecar's job, and reqwest is
+/// built without it), optionally with a path prefix, no query.
+pub fn parse_upstream(url: &str) -> anyhow::Result<Url> {
+    let parsed = Url::parse(url).with_context(|| format!("{url:?} is not a URL"))?;
+    if parsed.scheme() != "http" {
+        bail!("{url:?}: only http:// upstreams are supported");
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        bail!("{url:?}: an upstream URL has no query or fragment");
+    }
+    Ok(parsed)
+}
