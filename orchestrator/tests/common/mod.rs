@@ -44,7 +44,7 @@ pub enum Caller<'a> {
 
 impl Stack {
     pub async fn start(backend: TestBackend) -> Stack {
-        platform::telemetry::init("test");
+        platform::telemetry::init_for_tests();
         let nats = NatsServer::start();
         let dbs = TestDatabases::new(backend);
         let booking_db = dbs.create("booking").await;
