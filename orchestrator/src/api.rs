@@ -74,7 +74,11 @@ impl SagaView {
     }
 }
 
-async fn get_one(State(state): State<AppState>, who: Identity, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn get_one(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
     who.require_admin()?;
     let not_found = || Problem::not_found(format!("no saga for {id}"));
     let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
@@ -115,9 +119,18 @@ async fn list(
         .transpose()?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) || q.offset.is_some_and(|o| o < 0) {
-        return Err(Problem::bad_request("limit must be 1..=1000 and offset >= 0"));
+        return Err(Problem::bad_request(
+            "limit must be 1..=1000 and offset >= 0",
+        ));
     }
-    let sagas = store::list(&state.db, saga_state, older_than, limit, q.offset.unwrap_or(0)).await?;
+    let sagas = store::list(
+        &state.db,
+        saga_state,
+        older_than,
+        limit,
+        q.offset.unwrap_or(0),
+    )
+    .await?;
     let views: Vec<SagaView> = sagas.into_iter().map(|s| SagaView::new(s, None)).collect();
     Ok(Json(views).into_response())
 }

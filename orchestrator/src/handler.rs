@@ -55,7 +55,12 @@ impl Handler for SagaHandler {
                 saga.booking_id
             )));
         }
-        store::record_step(tx, env.booking_id, &step_in(saga.state.as_str(), transition.note)).await?;
+        store::record_step(
+            tx,
+            env.booking_id,
+            &step_in(saga.state.as_str(), transition.note),
+        )
+        .await?;
         for out in &outputs {
             outbox::enqueue(tx, out, &msg.trace).await?;
             let step = Step {

@@ -49,5 +49,8 @@ pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<
 
 /// Runs the orchestrator until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    spawn(config, CancellationToken::new()).await?.run_until(shutdown).await
+    spawn(config, CancellationToken::new())
+        .await?
+        .run_until(shutdown)
+        .await
 }

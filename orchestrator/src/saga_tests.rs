@@ -70,11 +70,23 @@ fn inputs() -> Vec<(&'static str, Envelope)> {
     vec![
         ("BookingCreated", env(1, created())),
         ("ConfirmRequested", env(2, requested())),
-        ("ConfirmCompleted", env(2, Body::ConfirmCompleted(decided()))),
+        (
+            "ConfirmCompleted",
+            env(2, Body::ConfirmCompleted(decided())),
+        ),
         ("ConfirmDenied", env(2, Body::ConfirmDenied(decided()))),
-        ("BookingConfirmed", env(2, Body::BookingConfirmed(BookingConfirmed {}))),
-        ("BookingCancelled(USER)", env(2, cancelled(CancelReason::UserCancelled))),
-        ("BookingCancelled(DENIED)", env(2, cancelled(CancelReason::Denied))),
+        (
+            "BookingConfirmed",
+            env(2, Body::BookingConfirmed(BookingConfirmed {})),
+        ),
+        (
+            "BookingCancelled(USER)",
+            env(2, cancelled(CancelReason::UserCancelled)),
+        ),
+        (
+            "BookingCancelled(DENIED)",
+            env(2, cancelled(CancelReason::Denied)),
+        ),
         ("ConfirmClosed", env(2, closed())),
     ]
 }
@@ -140,9 +152,15 @@ fn every_state_and_message_pair_has_its_defined_outcome() {
         for (name, msg) in inputs() {
             let saga = saga_in(state, booking_cancelled);
             let result = apply(Some(&saga), &msg);
-            let case = format!("{} (booking cancelled: {booking_cancelled}) + {name}", state.as_str());
+            let case = format!(
+                "{} (booking cancelled: {booking_cancelled}) + {name}",
+                state.as_str()
+            );
             if name == "BookingCreated" {
-                assert!(result.is_err(), "{case}: a second BookingCreated must be stale");
+                assert!(
+                    result.is_err(),
+                    "{case}: a second BookingCreated must be stale"
+                );
                 continue;
             }
             let t = result.unwrap_or_else(|e| panic!("{case}: unexpectedly ignored: {e}"));
@@ -151,8 +169,14 @@ fn every_state_and_message_pair_has_its_defined_outcome() {
                     assert_eq!(t.saga.state, next, "{case}");
                     assert_eq!(commands(&t), cmds, "{case}");
                     assert!(t.note.is_none(), "{case}");
-                    let announced = t.outputs.iter().any(|b| matches!(b, Body::SagaStateChanged(c) if c.state == next.as_str()));
-                    assert_eq!(announced, next != state, "{case}: state change announced iff it happened");
+                    let announced = t.outputs.iter().any(
+                        |b| matches!(b, Body::SagaStateChanged(c) if c.state == next.as_str()),
+                    );
+                    assert_eq!(
+                        announced,
+                        next != state,
+                        "{case}: state change announced iff it happened"
+                    );
                 }
                 None => {
                     assert_eq!(t.saga.state, state, "{case}: must not move");
@@ -276,7 +300,12 @@ fn confirm_events_in_any_order_with_duplicates_end_in_the_same_state() {
     ];
     let expected = run(&history).unwrap().state;
     // Every order in which ConfirmRequested and ConfirmCompleted can arrive, each possibly twice.
-    let orders: [&[usize]; 4] = [&[0, 2, 1, 3], &[0, 1, 1, 2, 2, 3], &[0, 2, 2, 1, 3, 3], &[0, 0, 2, 1, 1, 3]];
+    let orders: [&[usize]; 4] = [
+        &[0, 2, 1, 3],
+        &[0, 1, 1, 2, 2, 3],
+        &[0, 2, 2, 1, 3, 3],
+        &[0, 0, 2, 1, 1, 3],
+    ];
     for order in orders {
         let shuffled: Vec<Envelope> = order.iter().map(|i| history[*i].clone()).collect();
         assert_eq!(run(&shuffled).unwrap().state, expected, "order {order:?}");

@@ -36,8 +36,12 @@ fn from_row(r: &AnyRow) -> Result<StoredSaga, sqlx::Error> {
     let booking = match room {
         Some(room_id) => Some(BookingInfo {
             room_id,
-            booking_user_id: r.try_get::<Option<String>, _>("booking_user_id")?.unwrap_or_default(),
-            use_start_dtm: from_millis(r.try_get::<Option<i64>, _>("start_ms")?.unwrap_or_default()),
+            booking_user_id: r
+                .try_get::<Option<String>, _>("booking_user_id")?
+                .unwrap_or_default(),
+            use_start_dtm: from_millis(
+                r.try_get::<Option<i64>, _>("start_ms")?.unwrap_or_default(),
+            ),
             use_end_dtm: from_millis(r.try_get::<Option<i64>, _>("end_ms")?.unwrap_or_default()),
         }),
         None => None,
@@ -71,12 +75,14 @@ pub async fn load<'c, E: Executor<'c, Database = Any>>(
     db: E,
     booking_id: Uuid,
 ) -> Result<Option<StoredSaga>, sqlx::Error> {
-    sqlx::query(&format!("SELECT {COLUMNS} FROM sagas WHERE booking_id = $1"))
-        .bind(booking_id.to_string())
-        .fetch_optional(db)
-        .await?
-        .map(|r| from_row(&r))
-        .transpose()
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM sagas WHERE booking_id = $1"
+    ))
+    .bind(booking_id.to_string())
+    .fetch_optional(db)
+    .await?
+    .map(|r| from_row(&r))
+    .transpose()
 }
 
 /// Finds a saga by its saga id or its booking id.
@@ -93,7 +99,11 @@ pub async fn find(db: &Db, id: Uuid) -> Result<Option<StoredSaga>, sqlx::Error> 
 
 /// Inserts a new saga or updates an existing one if it is still at `previous_revision`.
 /// Returns false when another writer got there first (the caller retries the message).
-pub async fn save(tx: &mut Tx, saga: &Saga, previous_revision: Option<i64>) -> Result<bool, sqlx::Error> {
+pub async fn save(
+    tx: &mut Tx,
+    saga: &Saga,
+    previous_revision: Option<i64>,
+) -> Result<bool, sqlx::Error> {
     let now = now_millis();
     let settled = saga.state.is_settled().then_some(now);
     let info = saga.booking.as_ref();

@@ -32,7 +32,14 @@ async fn snapshot(stack: &Stack, ids: &[String]) -> Vec<Value> {
 }
 
 async fn stream_messages(js: &jetstream::Context, name: &str) -> u64 {
-    js.get_stream(name).await.unwrap().get_info().await.unwrap().state.messages
+    js.get_stream(name)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap()
+        .state
+        .messages
 }
 
 async fn every_message_delivered_twice_has_no_second_effect(backend: TestBackend) {
@@ -46,7 +53,10 @@ async fn every_message_delivered_twice_has_no_second_effect(backend: TestBackend
     let (approved, _) = stack.book_and_approve("alice", 101, future(3, 9)).await;
     let denied = stack.book("bob", 102, future(3, 9)).await;
     let confirm = stack.wait_confirm(&denied).await;
-    assert_eq!(stack.decide(&confirm, "DENIED", None).await.0, StatusCode::OK);
+    assert_eq!(
+        stack.decide(&confirm, "DENIED", None).await.0,
+        StatusCode::OK
+    );
     stack.wait_saga(&denied, "COMPENSATED").await;
     let cancelled = stack.book("carol", 103, future(3, 9)).await;
     stack.wait_confirm(&cancelled).await;
@@ -61,7 +71,9 @@ async fn every_message_delivered_twice_has_no_second_effect(backend: TestBackend
     // Everything seen so far, published again as new JetStream messages (new Nats-Msg-Id, so the
     // server keeps them) carrying the same envelope, hence the same messageId.
     let mut seen = Vec::new();
-    while let Ok(Some(msg)) = tokio::time::timeout(std::time::Duration::from_millis(300), tap.next()).await {
+    while let Ok(Some(msg)) =
+        tokio::time::timeout(std::time::Duration::from_millis(300), tap.next()).await
+    {
         seen.push(msg);
     }
     let mut types = BTreeSet::new();
@@ -73,7 +85,10 @@ async fn every_message_delivered_twice_has_no_second_effect(backend: TestBackend
             events_republished += 1;
         }
         let mut headers = HeaderMap::new();
-        headers.insert(NATS_MESSAGE_ID, format!("again-{}", env.message_id).as_str());
+        headers.insert(
+            NATS_MESSAGE_ID,
+            format!("again-{}", env.message_id).as_str(),
+        );
         js.publish_with_headers(msg.subject.clone(), headers, msg.payload.clone())
             .await
             .unwrap()
@@ -81,37 +96,81 @@ async fn every_message_delivered_twice_has_no_second_effect(backend: TestBackend
             .unwrap();
     }
     for kind in [
-        "BookingCreated", "BookingConfirmed", "BookingCancelled", "ConfirmRequested", "ConfirmCompleted",
-        "ConfirmDenied", "ConfirmClosed", "RequestConfirm", "DeleteConfirm", "ConfirmBooking", "CancelBooking",
+        "BookingCreated",
+        "BookingConfirmed",
+        "BookingCancelled",
+        "ConfirmRequested",
+        "ConfirmCompleted",
+        "ConfirmDenied",
+        "ConfirmClosed",
+        "RequestConfirm",
+        "DeleteConfirm",
+        "ConfirmBooking",
+        "CancelBooking",
     ] {
         assert!(types.contains(kind), "{kind} was not exercised: {types:?}");
     }
     stack.wait_quiet().await;
 
-    assert_eq!(snapshot(&stack, &ids).await, before, "a second delivery changed something");
+    assert_eq!(
+        snapshot(&stack, &ids).await,
+        before,
+        "a second delivery changed something"
+    );
     // No handler emitted anything new: the events stream grew only by what was re-published.
-    assert_eq!(stream_messages(&js, topology::EVENTS_STREAM).await, events_before + events_republished);
+    assert_eq!(
+        stream_messages(&js, topology::EVENTS_STREAM).await,
+        events_before + events_republished
+    );
 }
 
 async fn garbage_on_every_subject_is_parked_and_later_sagas_complete(backend: TestBackend) {
     let stack = Stack::start(backend).await;
     let js = stack.jetstream().await;
     let unknown = Uuid::new_v4();
-    let wrong_type = Envelope::new(unknown, unknown, 1, Body::SagaStateChanged(SagaStateChanged {
-        state: "X".into(),
-        previous_state: None,
-    }));
-    let unknown_booking = Envelope::new(unknown, unknown, 1, Body::ConfirmBooking(ConfirmBooking {}));
+    let wrong_type = Envelope::new(
+        unknown,
+        unknown,
+        1,
+        Body::SagaStateChanged(SagaStateChanged {
+            state: "X".into(),
+            previous_state: None,
+        }),
+    );
+    let unknown_booking =
+        Envelope::new(unknown, unknown, 1, Body::ConfirmBooking(ConfirmBooking {}));
     let poison: Vec<(String, Vec<u8>)> = vec![
-        (format!("roombook.events.booking.{unknown}.BookingCreated"), b"{not json".to_vec()),
-        (format!("roombook.events.confirm.{unknown}.ConfirmRequested"), br#"{"type":"Nope"}"#.to_vec()),
-        (format!("roombook.commands.booking.{unknown}.ConfirmBooking"), b"\x00\x01garbage".to_vec()),
-        (format!("roombook.commands.confirm.{unknown}.RequestConfirm"), b"[]".to_vec()),
-        (format!("roombook.commands.booking.{unknown}.SagaStateChanged"), wrong_type.to_json()),
-        (format!("roombook.commands.booking.{unknown}.ConfirmBooking"), unknown_booking.to_json()),
+        (
+            format!("roombook.events.booking.{unknown}.BookingCreated"),
+            b"{not json".to_vec(),
+        ),
+        (
+            format!("roombook.events.confirm.{unknown}.ConfirmRequested"),
+            br#"{"type":"Nope"}"#.to_vec(),
+        ),
+        (
+            format!("roombook.commands.booking.{unknown}.ConfirmBooking"),
+            b"\x00\x01garbage".to_vec(),
+        ),
+        (
+            format!("roombook.commands.confirm.{unknown}.RequestConfirm"),
+            b"[]".to_vec(),
+        ),
+        (
+            format!("roombook.commands.booking.{unknown}.SagaStateChanged"),
+            wrong_type.to_json(),
+        ),
+        (
+            format!("roombook.commands.booking.{unknown}.ConfirmBooking"),
+            unknown_booking.to_json(),
+        ),
     ];
     for (subject, payload) in &poison {
-        js.publish(subject.clone(), payload.clone().into()).await.unwrap().await.unwrap();
+        js.publish(subject.clone(), payload.clone().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
 
     // The consumers go on: a saga started after the garbage completes.
@@ -120,13 +179,26 @@ async fn garbage_on_every_subject_is_parked_and_later_sagas_complete(backend: Te
 
     let dlq = js.get_stream(topology::DEAD_LETTER_STREAM).await.unwrap();
     let parked = dlq.get_info().await.unwrap().state.messages;
-    assert_eq!(parked, poison.len() as u64, "every poison message is parked once");
+    assert_eq!(
+        parked,
+        poison.len() as u64,
+        "every poison message is parked once"
+    );
     let mut parked_subjects = BTreeSet::new();
     for seq in 1..=parked {
         let msg = dlq.get_raw_message(seq).await.unwrap();
-        let reason = msg.headers.get("Roombook-Reason").expect("reason recorded").to_string();
+        let reason = msg
+            .headers
+            .get("Roombook-Reason")
+            .expect("reason recorded")
+            .to_string();
         assert!(!reason.is_empty());
-        parked_subjects.insert(msg.headers.get("Roombook-Original-Subject").unwrap().to_string());
+        parked_subjects.insert(
+            msg.headers
+                .get("Roombook-Original-Subject")
+                .unwrap()
+                .to_string(),
+        );
     }
     let sent: BTreeSet<String> = poison.iter().map(|(s, _)| s.clone()).collect();
     assert_eq!(parked_subjects, sent);

@@ -30,7 +30,13 @@ async fn approve_confirms_the_booking_and_completes_the_saga(backend: TestBacken
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| format!("{} {}", s["direction"].as_str().unwrap(), s["type"].as_str().unwrap()))
+        .map(|s| {
+            format!(
+                "{} {}",
+                s["direction"].as_str().unwrap(),
+                s["type"].as_str().unwrap()
+            )
+        })
         .collect();
     for expected in [
         "in BookingCreated",
@@ -40,7 +46,10 @@ async fn approve_confirms_the_booking_and_completes_the_saga(backend: TestBacken
         "out ConfirmBooking",
         "in BookingConfirmed",
     ] {
-        assert!(steps.iter().any(|s| s == expected), "missing {expected} in {steps:?}");
+        assert!(
+            steps.iter().any(|s| s == expected),
+            "missing {expected} in {steps:?}"
+        );
     }
 }
 
@@ -49,11 +58,16 @@ async fn deny_cancels_the_booking_frees_the_slot_and_closes_the_confirm(backend:
     let start = future(4, 10);
     let id = stack.book("alice", 102, start).await;
     let confirm_id = stack.wait_confirm(&id).await;
-    let (status, body) = stack.decide(&confirm_id, "DENIED", Some("room under repair")).await;
+    let (status, body) = stack
+        .decide(&confirm_id, "DENIED", Some("room under repair"))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
     let saga = stack.wait_saga(&id, "COMPENSATED").await;
-    assert!(saga["outcome"].as_str().unwrap().contains("room under repair"));
+    assert!(saga["outcome"]
+        .as_str()
+        .unwrap()
+        .contains("room under repair"));
     let booking = stack.booking(&id).await;
     assert_eq!(booking["status"], "CANCELLED");
     assert_eq!(booking["cancelReason"], "DENIED");
@@ -88,9 +102,18 @@ async fn user_cancel_closes_the_confirm_and_ends_cancelled(backend: TestBackend)
     assert_eq!(status, StatusCode::CONFLICT);
     // The closed confirm has left the approval queue.
     let (_, queue) = stack
-        .send(Method::GET, format!("{}/confirms?status=BOOKED", stack.confirm_url), Caller::Admin, None)
+        .send(
+            Method::GET,
+            format!("{}/confirms?status=BOOKED", stack.confirm_url),
+            Caller::Admin,
+            None,
+        )
         .await;
-    assert!(queue.as_array().unwrap().iter().all(|c| c["bookingId"] != id.as_str()));
+    assert!(queue
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["bookingId"] != id.as_str()));
 }
 
 async fn a_confirmed_booking_cancelled_by_its_owner_ends_cancelled(backend: TestBackend) {
@@ -101,7 +124,10 @@ async fn a_confirmed_booking_cancelled_by_its_owner_ends_cancelled(backend: Test
     stack.wait_saga(&id, "CANCELLED").await;
     let confirm = stack.confirm_of(&id).await.unwrap();
     assert_eq!(confirm["status"], "CONFIRMED");
-    assert_eq!(confirm["closed"], true, "a cancelled booking's confirm is closed");
+    assert_eq!(
+        confirm["closed"], true,
+        "a cancelled booking's confirm is closed"
+    );
 }
 
 async fn approve_racing_a_user_cancel_ends_cancelled_with_the_confirm_closed(backend: TestBackend) {
@@ -159,18 +185,32 @@ async fn twenty_concurrent_requests_for_one_slot_yield_exactly_one_booking(backe
     let start = future(9, 9);
     let attempts = (0..20).map(|i| {
         let stack = &stack;
-        async move { stack.create_booking(&format!("user{i}"), 101, start, 2).await }
+        async move {
+            stack
+                .create_booking(&format!("user{i}"), 101, start, 2)
+                .await
+        }
     });
     let results = futures::future::join_all(attempts).await;
-    let created = results.iter().filter(|(s, _)| *s == StatusCode::CREATED).count();
-    let conflicts = results.iter().filter(|(s, _)| *s == StatusCode::CONFLICT).count();
+    let created = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    let conflicts = results
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CONFLICT)
+        .count();
     assert_eq!(created, 1, "{results:?}");
     assert_eq!(conflicts, 19, "{results:?}");
     // An overlapping (not identical) slot is refused as well; an adjacent one is fine.
-    let (status, body) = stack.create_booking("late", 101, start + chrono::Duration::minutes(90), 1).await;
+    let (status, body) = stack
+        .create_booking("late", 101, start + chrono::Duration::minutes(90), 1)
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["type"], "/problems/booking-overlap");
-    let (status, _) = stack.create_booking("late", 101, start + chrono::Duration::hours(2), 1).await;
+    let (status, _) = stack
+        .create_booking("late", 101, start + chrono::Duration::hours(2), 1)
+        .await;
     assert_eq!(status, StatusCode::CREATED);
 }
 
@@ -178,7 +218,8 @@ async fn a_retried_post_with_the_same_idempotency_key_creates_one_booking(backen
     let stack = Stack::start(backend).await;
     let body = json!({"roomId": 102, "useStartDtm": future(10, 9).to_rfc3339(), "useEndDtm": future(10, 10).to_rfc3339()});
     let post = || {
-        stack.http
+        stack
+            .http
             .post(format!("{}/bookings", stack.booking_url))
             .header(platform::http::USER_ID_HEADER, "alice")
             .header("Idempotency-Key", "retry-me-1")
@@ -194,13 +235,53 @@ async fn a_retried_post_with_the_same_idempotency_key_creates_one_booking(backen
     let second: serde_json::Value = second.json().await.unwrap();
     assert_eq!(first["id"], second["id"]);
     let (_, mine) = stack
-        .send(Method::GET, format!("{}/bookings", stack.booking_url), Caller::User("alice"), None)
+        .send(
+            Method::GET,
+            format!("{}/bookings", stack.booking_url),
+            Caller::User("alice"),
+            None,
+        )
         .await;
     assert_eq!(mine.as_array().unwrap().len(), 1);
-    stack.wait_saga(first["id"].as_str().unwrap(), "AWAITING_APPROVAL").await;
+    stack
+        .wait_saga(first["id"].as_str().unwrap(), "AWAITING_APPROVAL")
+        .await;
+}
+
+async fn stopped_services_catch_up_when_they_return_and_nothing_is_lost(backend: TestBackend) {
+    let mut stack = Stack::start(backend).await;
+    // With the orchestrator down, users can still book: the events wait in JetStream.
+    Stack::stop(&mut stack.orchestrator).await;
+    let mut ids = Vec::new();
+    for hour in 8..13 {
+        ids.push(stack.book("alice", 103, future(11, hour)).await);
+    }
+    stack.start_orchestrator().await;
+    let mut confirms = Vec::new();
+    for id in &ids {
+        stack.wait_saga(id, "AWAITING_APPROVAL").await;
+        confirms.push(stack.wait_confirm(id).await);
+    }
+    // With the booking service down, admins can still approve: the commands wait.
+    Stack::stop(&mut stack.booking).await;
+    for confirm in &confirms {
+        assert_eq!(
+            stack.decide(confirm, "CONFIRMED", None).await.0,
+            StatusCode::OK
+        );
+    }
+    for id in &ids {
+        stack.wait_saga(id, "CONFIRMING").await;
+    }
+    stack.start_booking().await;
+    for id in &ids {
+        stack.wait_saga(id, "COMPLETED").await;
+        assert_eq!(stack.booking(id).await["status"], "CONFIRMED");
+    }
 }
 
 on_both_backends!(
+    stopped_services_catch_up_when_they_return_and_nothing_is_lost,
     approve_confirms_the_booking_and_completes_the_saga,
     deny_cancels_the_booking_frees_the_slot_and_closes_the_confirm,
     user_cancel_closes_the_confirm_and_ends_cancelled,

@@ -79,7 +79,9 @@ impl Stack {
             service: self.config(&self.booking_db),
             sample_rooms: true,
         };
-        let svc = booking::spawn(config, CancellationToken::new()).await.expect("booking starts");
+        let svc = booking::spawn(config, CancellationToken::new())
+            .await
+            .expect("booking starts");
         self.booking_url = format!("http://{}", svc.addr);
         self.booking = Some(svc);
     }
@@ -88,7 +90,9 @@ impl Stack {
         let config = confirm::Config {
             service: self.config(&self.confirm_db),
         };
-        let svc = confirm::spawn(config, CancellationToken::new()).await.expect("confirm starts");
+        let svc = confirm::spawn(config, CancellationToken::new())
+            .await
+            .expect("confirm starts");
         self.confirm_url = format!("http://{}", svc.addr);
         self.confirm = Some(svc);
     }
@@ -113,10 +117,19 @@ impl Stack {
     }
 
     pub async fn jetstream(&self) -> jetstream::Context {
-        jetstream::new(async_nats::connect(self.nats.url()).await.expect("connect to nats"))
+        jetstream::new(
+            async_nats::connect(self.nats.url())
+                .await
+                .expect("connect to nats"),
+        )
     }
 
-    fn request(&self, method: reqwest::Method, url: String, caller: Caller<'_>) -> reqwest::RequestBuilder {
+    fn request(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        caller: Caller<'_>,
+    ) -> reqwest::RequestBuilder {
         let builder = self.http.request(method, url);
         match caller {
             Caller::User(u) => builder
@@ -144,17 +157,31 @@ impl Stack {
         let resp = req.send().await.expect("request sent");
         let status = resp.status();
         let text = resp.text().await.expect("body read");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
-    pub async fn create_booking(&self, user: &str, room: i64, start: DateTime<Utc>, hours: i64) -> (StatusCode, Value) {
+    pub async fn create_booking(
+        &self,
+        user: &str,
+        room: i64,
+        start: DateTime<Utc>,
+        hours: i64,
+    ) -> (StatusCode, Value) {
         let body = json!({
             "roomId": room,
             "useStartDtm": start.to_rfc3339(),
             "useEndDtm": (start + Span::hours(hours)).to_rfc3339(),
         });
-        self.send(reqwest::Method::POST, format!("{}/bookings", self.booking_url), Caller::User(user), Some(body))
-            .await
+        self.send(
+            reqwest::Method::POST,
+            format!("{}/bookings", self.booking_url),
+            Caller::User(user),
+            Some(body),
+        )
+        .await
     }
 
     /// Books and asserts 201; returns the booking id.
@@ -167,15 +194,25 @@ impl Stack {
 
     pub async fn booking(&self, id: &str) -> Value {
         let (status, body) = self
-            .send(reqwest::Method::GET, format!("{}/bookings/{id}", self.booking_url), Caller::Admin, None)
+            .send(
+                reqwest::Method::GET,
+                format!("{}/bookings/{id}", self.booking_url),
+                Caller::Admin,
+                None,
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body
     }
 
     pub async fn cancel(&self, user: &str, id: &str) -> (StatusCode, Value) {
-        self.send(reqwest::Method::DELETE, format!("{}/bookings/{id}", self.booking_url), Caller::User(user), None)
-            .await
+        self.send(
+            reqwest::Method::DELETE,
+            format!("{}/bookings/{id}", self.booking_url),
+            Caller::User(user),
+            None,
+        )
+        .await
     }
 
     /// The booking's confirm, including a closed one (None if it does not exist yet).
@@ -183,7 +220,10 @@ impl Stack {
         let (status, body) = self
             .send(
                 reqwest::Method::GET,
-                format!("{}/confirms?bookingId={booking_id}&includeClosed=true", self.confirm_url),
+                format!(
+                    "{}/confirms?bookingId={booking_id}&includeClosed=true",
+                    self.confirm_url
+                ),
                 Caller::Admin,
                 None,
             )
@@ -195,37 +235,61 @@ impl Stack {
     /// Waits for the booking's approval request to appear and returns its id.
     pub async fn wait_confirm(&self, booking_id: &str) -> String {
         eventually("the confirm to be requested", WAIT, || async {
-            self.confirm_of(booking_id).await.map(|c| c["id"].as_str().unwrap().to_string())
+            self.confirm_of(booking_id)
+                .await
+                .map(|c| c["id"].as_str().unwrap().to_string())
         })
         .await
     }
 
-    pub async fn decide(&self, confirm_id: &str, status: &str, reason: Option<&str>) -> (StatusCode, Value) {
+    pub async fn decide(
+        &self,
+        confirm_id: &str,
+        status: &str,
+        reason: Option<&str>,
+    ) -> (StatusCode, Value) {
         let mut body = json!({ "status": status });
         if let Some(r) = reason {
             body["reason"] = json!(r);
         }
-        self.send(reqwest::Method::PATCH, format!("{}/confirms/{confirm_id}", self.confirm_url), Caller::Admin, Some(body))
-            .await
+        self.send(
+            reqwest::Method::PATCH,
+            format!("{}/confirms/{confirm_id}", self.confirm_url),
+            Caller::Admin,
+            Some(body),
+        )
+        .await
     }
 
     pub async fn saga(&self, booking_id: &str) -> Option<Value> {
         let (status, body) = self
-            .send(reqwest::Method::GET, format!("{}/sagas/{booking_id}", self.orchestrator_url), Caller::Admin, None)
+            .send(
+                reqwest::Method::GET,
+                format!("{}/sagas/{booking_id}", self.orchestrator_url),
+                Caller::Admin,
+                None,
+            )
             .await;
         (status == StatusCode::OK).then_some(body)
     }
 
     /// Waits until the saga reaches `state` and returns it.
     pub async fn wait_saga(&self, booking_id: &str, state: &str) -> Value {
-        eventually(&format!("saga of {booking_id} to reach {state}"), WAIT, || async {
-            self.saga(booking_id).await.filter(|s| s["state"] == state)
-        })
+        eventually(
+            &format!("saga of {booking_id} to reach {state}"),
+            WAIT,
+            || async { self.saga(booking_id).await.filter(|s| s["state"] == state) },
+        )
         .await
     }
 
     /// Books, waits for the approval request and approves; returns (booking id, confirm id).
-    pub async fn book_and_approve(&self, user: &str, room: i64, start: DateTime<Utc>) -> (String, String) {
+    pub async fn book_and_approve(
+        &self,
+        user: &str,
+        room: i64,
+        start: DateTime<Utc>,
+    ) -> (String, String) {
         let id = self.book(user, room, start).await;
         let confirm = self.wait_confirm(&id).await;
         let (status, body) = self.decide(&confirm, "CONFIRMED", None).await;
@@ -246,8 +310,10 @@ impl Stack {
                     topology::ConsumerSpec::booking_commands(),
                     topology::ConsumerSpec::confirm_commands(),
                 ] {
-                    let mut consumer: jetstream::consumer::PullConsumer =
-                        js.get_consumer_from_stream(spec.durable, spec.stream).await.ok()?;
+                    let mut consumer: jetstream::consumer::PullConsumer = js
+                        .get_consumer_from_stream(spec.durable, spec.stream)
+                        .await
+                        .ok()?;
                     let info = consumer.info().await.ok()?;
                     if info.num_pending > 0 || info.num_ack_pending > 0 {
                         return None;
@@ -295,7 +361,10 @@ macro_rules! on_both_backends {
 /// Waits until the saga is settled (COMPLETED, COMPENSATED or CANCELLED) and returns it.
 pub async fn eventually_settled(stack: &Stack, booking_id: &str) -> Value {
     eventually(&format!("saga of {booking_id} to settle"), WAIT, || async {
-        stack.saga(booking_id).await.filter(|s| s["settled"] == true)
+        stack
+            .saga(booking_id)
+            .await
+            .filter(|s| s["settled"] == true)
     })
     .await
 }

@@ -48,9 +48,13 @@ impl From<BookingError> for Problem {
         let detail = e.to_string();
         match e {
             BookingError::UnknownRoom(_) | BookingError::NotFound(_) => Problem::not_found(detail),
-            BookingError::Overlap { start, end, .. } => Problem::conflict("booking-overlap", detail)
-                .with_extra(json!({"conflictStart": start, "conflictEnd": end})),
-            BookingError::IdempotencyKeyReused => Problem::conflict("idempotency-key-reused", detail),
+            BookingError::Overlap { start, end, .. } => {
+                Problem::conflict("booking-overlap", detail)
+                    .with_extra(json!({"conflictStart": start, "conflictEnd": end}))
+            }
+            BookingError::IdempotencyKeyReused => {
+                Problem::conflict("idempotency-key-reused", detail)
+            }
             BookingError::AlreadyCancelled(_) => Problem::conflict("booking-cancelled", detail),
             BookingError::AlreadyStarted(_) => Problem::conflict("booking-started", detail),
             BookingError::Database(e) => e.into(),
@@ -99,8 +103,10 @@ async fn create_booking(
     ApiJson(req): ApiJson<CreateBookingRequest>,
 ) -> Result<Response, Problem> {
     let room_id = req.room_id.parse()?;
-    let start = parse_client_time(&req.use_start_dtm).map_err(|e| Problem::bad_request(format!("useStartDtm: {e}")))?;
-    let end = parse_client_time(&req.use_end_dtm).map_err(|e| Problem::bad_request(format!("useEndDtm: {e}")))?;
+    let start = parse_client_time(&req.use_start_dtm)
+        .map_err(|e| Problem::bad_request(format!("useStartDtm: {e}")))?;
+    let end = parse_client_time(&req.use_end_dtm)
+        .map_err(|e| Problem::bad_request(format!("useEndDtm: {e}")))?;
     let slot = TimeSlot::new(start, end).map_err(Problem::bad_request)?;
     if slot.start() <= Utc::now() {
         return Err(Problem::bad_request("useStartDtm is in the past"));
@@ -120,7 +126,9 @@ async fn create_booking(
         .map_err(|_| Problem::bad_request("Idempotency-Key must be visible ASCII"))?
         .filter(|k| !k.is_empty());
     if idempotency_key.as_ref().is_some_and(|k| k.len() > 200) {
-        return Err(Problem::bad_request("Idempotency-Key is longer than 200 characters"));
+        return Err(Problem::bad_request(
+            "Idempotency-Key is longer than 200 characters",
+        ));
     }
     let created = bookings::create(
         &state.db,
@@ -137,9 +145,10 @@ async fn create_booking(
     .await?;
     let mut response = (StatusCode::CREATED, Json(&created.booking)).into_response();
     if created.replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", "true".parse().expect("static header"));
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            "true".parse().expect("static header"),
+        );
     }
     Ok(response)
 }
@@ -177,7 +186,9 @@ async fn list_bookings(
         .status
         .map(|s| {
             BookingStatus::parse(&s).ok_or_else(|| {
-                Problem::bad_request(format!("status `{s}` is not one of BOOKED, CONFIRMED, CANCELLED"))
+                Problem::bad_request(format!(
+                    "status `{s}` is not one of BOOKED, CONFIRMED, CANCELLED"
+                ))
             })
         })
         .transpose()?;
@@ -188,7 +199,9 @@ async fn list_bookings(
     };
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) || q.offset.is_some_and(|o| o < 0) {
-        return Err(Problem::bad_request("limit must be 1..=1000 and offset >= 0"));
+        return Err(Problem::bad_request(
+            "limit must be 1..=1000 and offset >= 0",
+        ));
     }
     let filter = BookingFilter {
         user,
@@ -208,9 +221,14 @@ async fn cancel_booking(
 ) -> Result<Response, Problem> {
     let id = parse_id(&id)?;
     let detail = (who.is_admin()).then(|| format!("cancelled by {}", who.user_id));
-    let booking = bookings::cancel_by_user(&state.db, &state.outbox, id, detail, &trace_of(&headers), |b| {
-        who.may_access(&b.booking_user_id)
-    })
+    let booking = bookings::cancel_by_user(
+        &state.db,
+        &state.outbox,
+        id,
+        detail,
+        &trace_of(&headers),
+        |b| who.may_access(&b.booking_user_id),
+    )
     .await?;
     Ok(Json(booking).into_response())
 }
@@ -219,7 +237,10 @@ async fn list_rooms(State(state): State<AppState>) -> Result<Response, Problem> 
     Ok(Json(store::list_rooms(&state.db.pool).await?).into_response())
 }
 
-async fn get_room(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn get_room(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
     let id = parse_room(&id)?;
     let room = store::get_room(&state.db.pool, id)
         .await?
@@ -258,7 +279,10 @@ async fn create_room(
         None => store::next_room_id(&mut *tx).await?,
     };
     if store::get_room(&mut *tx, id).await?.is_some() {
-        return Err(Problem::conflict("room-exists", format!("room {id} already exists")));
+        return Err(Problem::conflict(
+            "room-exists",
+            format!("room {id} already exists"),
+        ));
     }
     let room = Room { id, name, capacity };
     store::insert_room(&mut *tx, &room).await?;
@@ -300,7 +324,9 @@ async fn availability(
     let from = parse(&q.from, "from")?.unwrap_or_else(Utc::now);
     let to = parse(&q.to, "to")?.unwrap_or(from + Duration::hours(24));
     if to <= from || to - from > Duration::days(62) {
-        return Err(Problem::bad_request("`to` must be after `from`, at most 62 days later"));
+        return Err(Problem::bad_request(
+            "`to` must be after `from`, at most 62 days later",
+        ));
     }
     store::get_room(&state.db.pool, id)
         .await?
@@ -310,16 +336,28 @@ async fn availability(
     let mut cursor = from;
     for (start, end, _) in &busy {
         if *start > cursor {
-            free.push(Interval { start: cursor, end: *start, status: None });
+            free.push(Interval {
+                start: cursor,
+                end: *start,
+                status: None,
+            });
         }
         cursor = cursor.max(*end);
     }
     if cursor < to {
-        free.push(Interval { start: cursor, end: to, status: None });
+        free.push(Interval {
+            start: cursor,
+            end: to,
+            status: None,
+        });
     }
     let busy: Vec<Interval> = busy
         .into_iter()
-        .map(|(start, end, status)| Interval { start, end, status: Some(status) })
+        .map(|(start, end, status)| Interval {
+            start,
+            end,
+            status: Some(status),
+        })
         .collect();
     Ok(Json(json!({
         "roomId": id,

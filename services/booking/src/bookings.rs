@@ -3,7 +3,9 @@
 
 use chrono::{DateTime, Utc};
 use platform::{
-    contract::{Body, BookingCancelled, BookingConfirmed, BookingCreated, CancelReason, Envelope, RoomId},
+    contract::{
+        Body, BookingCancelled, BookingConfirmed, BookingCreated, CancelReason, Envelope, RoomId,
+    },
     db::{self, Db, Tx},
     outbox::{self, OutboxSignal},
     trace::TraceParent,
@@ -94,14 +96,16 @@ pub async fn create(
         // The database's own guard (trigger / exclusion constraint) caught a concurrent booking.
         Err(e) if db::error_mentions(&e, "booking_overlap") => {
             drop(tx);
-            return Err(match store::find_overlap(&db.pool, req.room_id, &req.slot).await? {
-                Some(other) => overlap(&other),
-                None => BookingError::Overlap {
-                    room: req.room_id,
-                    start: req.slot.start(),
-                    end: req.slot.end(),
+            return Err(
+                match store::find_overlap(&db.pool, req.room_id, &req.slot).await? {
+                    Some(other) => overlap(&other),
+                    None => BookingError::Overlap {
+                        room: req.room_id,
+                        start: req.slot.start(),
+                        end: req.slot.end(),
+                    },
                 },
-            });
+            );
         }
         // A concurrent retry with the same Idempotency-Key won the race: answer with its booking.
         Err(e) if db::is_conflict(&e) && req.idempotency_key.is_some() => {
@@ -183,7 +187,8 @@ pub async fn cancel_by_user(
     if booking.use_start_dtm <= platform::time::now() {
         return Err(BookingError::AlreadyStarted(id));
     }
-    let cancelled = apply_cancel(&mut tx, booking, CancelReason::UserCancelled, detail, trace).await?;
+    let cancelled =
+        apply_cancel(&mut tx, booking, CancelReason::UserCancelled, detail, trace).await?;
     tx.commit().await?;
     outbox.notify();
     Ok(cancelled)
@@ -207,18 +212,31 @@ async fn apply_cancel(
         // abandoned and the operation retried (message) or reported (HTTP).
         return Err(sqlx::Error::RowNotFound.into());
     }
-    emit(tx, &booking, Body::BookingCancelled(BookingCancelled { reason, detail }), trace).await?;
+    emit(
+        tx,
+        &booking,
+        Body::BookingCancelled(BookingCancelled { reason, detail }),
+        trace,
+    )
+    .await?;
     Ok(booking)
 }
 
 /// `ConfirmBooking` from the orchestrator: BOOKED → CONFIRMED. A booking that was cancelled in
 /// the meantime stays cancelled (the cancel already told the orchestrator).
-pub async fn on_confirm_command(tx: &mut Tx, id: Uuid, trace: &TraceParent) -> Result<Option<Booking>, BookingError> {
+pub async fn on_confirm_command(
+    tx: &mut Tx,
+    id: Uuid,
+    trace: &TraceParent,
+) -> Result<Option<Booking>, BookingError> {
     let mut booking = store::get_booking(&mut **tx, id)
         .await?
         .ok_or(BookingError::NotFound(id))?;
     if booking.status != BookingStatus::Booked {
-        tracing::info!(status = booking.status.as_str(), "ConfirmBooking ignored: booking is not BOOKED");
+        tracing::info!(
+            status = booking.status.as_str(),
+            "ConfirmBooking ignored: booking is not BOOKED"
+        );
         return Ok(None);
     }
     let read_version = booking.version;
@@ -228,7 +246,13 @@ pub async fn on_confirm_command(tx: &mut Tx, id: Uuid, trace: &TraceParent) -> R
     if !store::update_status(&mut **tx, &booking, read_version).await? {
         return Err(sqlx::Error::RowNotFound.into());
     }
-    emit(tx, &booking, Body::BookingConfirmed(BookingConfirmed {}), trace).await?;
+    emit(
+        tx,
+        &booking,
+        Body::BookingConfirmed(BookingConfirmed {}),
+        trace,
+    )
+    .await?;
     Ok(Some(booking))
 }
 
@@ -248,10 +272,17 @@ pub async fn on_cancel_command(
         tracing::info!("CancelBooking ignored: booking is already cancelled");
         return Ok(None);
     }
-    apply_cancel(tx, booking, reason, detail, trace).await.map(Some)
+    apply_cancel(tx, booking, reason, detail, trace)
+        .await
+        .map(Some)
 }
 
-async fn emit(tx: &mut Tx, booking: &Booking, body: Body, trace: &TraceParent) -> Result<(), sqlx::Error> {
+async fn emit(
+    tx: &mut Tx,
+    booking: &Booking,
+    body: Body,
+    trace: &TraceParent,
+) -> Result<(), sqlx::Error> {
     let version = u64::try_from(booking.version).unwrap_or_default();
     let env = Envelope::new(booking.id, booking.saga_id, version, body);
     outbox::enqueue(tx, &env, trace).await

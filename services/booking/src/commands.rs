@@ -27,7 +27,9 @@ impl Handler for BookingCommands {
         };
         match result {
             Ok(_) => Ok(()),
-            Err(BookingError::NotFound(id)) => Err(HandleError::Park(format!("unknown booking {id}"))),
+            Err(BookingError::NotFound(id)) => {
+                Err(HandleError::Park(format!("unknown booking {id}")))
+            }
             Err(BookingError::Database(e)) => Err(e.into()),
             Err(other) => Err(HandleError::Retry(anyhow::anyhow!(other))),
         }

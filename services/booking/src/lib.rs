@@ -51,7 +51,10 @@ pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<
     if config.sample_rooms {
         seed_sample_rooms(&rt).await?;
     }
-    rt.spawn_consumer(ConsumerSpec::booking_commands(), Arc::new(commands::BookingCommands));
+    rt.spawn_consumer(
+        ConsumerSpec::booking_commands(),
+        Arc::new(commands::BookingCommands),
+    );
     let routes = api::routes(api::AppState {
         db: rt.db.clone(),
         outbox: rt.outbox.clone(),
@@ -61,7 +64,10 @@ pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<
 
 /// Runs the service until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    spawn(config, CancellationToken::new()).await?.run_until(shutdown).await
+    spawn(config, CancellationToken::new())
+        .await?
+        .run_until(shutdown)
+        .await
 }
 
 async fn seed_sample_rooms(rt: &Runtime) -> anyhow::Result<()> {
@@ -73,7 +79,15 @@ async fn seed_sample_rooms(rt: &Runtime) -> anyhow::Result<()> {
             (103, "Matterhorn", 12),
             (201, "Fuji", 20),
         ] {
-            store::insert_room(&mut *tx, &Room { id, name: name.into(), capacity }).await?;
+            store::insert_room(
+                &mut *tx,
+                &Room {
+                    id,
+                    name: name.into(),
+                    capacity,
+                },
+            )
+            .await?;
         }
         tracing::info!("created sample rooms 101, 102, 103, 201");
     }

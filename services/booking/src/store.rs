@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 use crate::domain::{Booking, BookingStatus, Room, TimeSlot};
 
-const BOOKING_COLUMNS: &str = "id, saga_id, room_id, booking_user_id, booking_user_email, start_ms, \
+const BOOKING_COLUMNS: &str =
+    "id, saga_id, room_id, booking_user_id, booking_user_email, start_ms, \
      end_ms, status, cancel_reason, cancel_detail, version, created_at, updated_at";
 
 fn booking_from_row(row: &AnyRow) -> Result<Booking, sqlx::Error> {
@@ -42,12 +43,14 @@ pub async fn get_booking<'c, E: Executor<'c, Database = Any>>(
     db: E,
     id: Uuid,
 ) -> Result<Option<Booking>, sqlx::Error> {
-    sqlx::query(&format!("SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = $1"))
-        .bind(id.to_string())
-        .fetch_optional(db)
-        .await?
-        .map(|r| booking_from_row(&r))
-        .transpose()
+    sqlx::query(&format!(
+        "SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = $1"
+    ))
+    .bind(id.to_string())
+    .fetch_optional(db)
+    .await?
+    .map(|r| booking_from_row(&r))
+    .transpose()
 }
 
 pub async fn find_by_idempotency_key<'c, E: Executor<'c, Database = Any>>(
@@ -205,7 +208,9 @@ fn room_from_row(r: &AnyRow) -> Result<Room, sqlx::Error> {
     })
 }
 
-pub async fn list_rooms<'c, E: Executor<'c, Database = Any>>(db: E) -> Result<Vec<Room>, sqlx::Error> {
+pub async fn list_rooms<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+) -> Result<Vec<Room>, sqlx::Error> {
     sqlx::query("SELECT id, name, capacity FROM rooms ORDER BY id")
         .fetch_all(db)
         .await?
@@ -226,7 +231,9 @@ pub async fn get_room<'c, E: Executor<'c, Database = Any>>(
         .transpose()
 }
 
-pub async fn next_room_id<'c, E: Executor<'c, Database = Any>>(db: E) -> Result<RoomId, sqlx::Error> {
+pub async fn next_room_id<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+) -> Result<RoomId, sqlx::Error> {
     let max: Option<i64> = sqlx::query("SELECT MAX(id) FROM rooms")
         .fetch_one(db)
         .await?
@@ -234,7 +241,10 @@ pub async fn next_room_id<'c, E: Executor<'c, Database = Any>>(db: E) -> Result<
     Ok(max.map_or(101, |m| m + 1))
 }
 
-pub async fn insert_room<'c, E: Executor<'c, Database = Any>>(db: E, room: &Room) -> Result<(), sqlx::Error> {
+pub async fn insert_room<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+    room: &Room,
+) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO rooms (id, name, capacity, created_at) VALUES ($1, $2, $3, $4)")
         .bind(room.id)
         .bind(&room.name)

@@ -65,17 +65,24 @@ async fn list(
         .status
         .map(|s| {
             ConfirmStatus::parse(&s).ok_or_else(|| {
-                Problem::bad_request(format!("status `{s}` is not one of BOOKED, CONFIRMED, DENIED"))
+                Problem::bad_request(format!(
+                    "status `{s}` is not one of BOOKED, CONFIRMED, DENIED"
+                ))
             })
         })
         .transpose()?;
     let booking_id = q
         .booking_id
-        .map(|b| Uuid::parse_str(&b).map_err(|_| Problem::bad_request(format!("bookingId `{b}` is not a UUID"))))
+        .map(|b| {
+            Uuid::parse_str(&b)
+                .map_err(|_| Problem::bad_request(format!("bookingId `{b}` is not a UUID")))
+        })
         .transpose()?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) || q.offset.is_some_and(|o| o < 0) {
-        return Err(Problem::bad_request("limit must be 1..=1000 and offset >= 0"));
+        return Err(Problem::bad_request(
+            "limit must be 1..=1000 and offset >= 0",
+        ));
     }
     let filter = ConfirmFilter {
         status,
@@ -87,7 +94,11 @@ async fn list(
     Ok(Json(confirms::list(&state.db, &filter).await?).into_response())
 }
 
-async fn get_one(State(state): State<AppState>, who: Identity, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn get_one(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
     who.require_admin()?;
     let id = parse_id(&id)?;
     let confirm = confirms::get(&state.db.pool, id)
@@ -114,14 +125,30 @@ async fn decide(
     let id = parse_id(&id)?;
     let decision = match ConfirmStatus::parse(&body.status) {
         Some(s @ (ConfirmStatus::Confirmed | ConfirmStatus::Denied)) => s,
-        _ => return Err(Problem::bad_request(format!("status `{}` must be CONFIRMED or DENIED", body.status))),
+        _ => {
+            return Err(Problem::bad_request(format!(
+                "status `{}` must be CONFIRMED or DENIED",
+                body.status
+            )))
+        }
     };
     if body.reason.as_ref().is_some_and(|r| r.len() > 1000) {
-        return Err(Problem::bad_request("reason is longer than 1000 characters"));
+        return Err(Problem::bad_request(
+            "reason is longer than 1000 characters",
+        ));
     }
-    let trace = TraceParent::continue_or_start(headers.get(trace::HEADER).and_then(|v| v.to_str().ok()));
-    let confirm =
-        confirms::decide(&state.db, &state.outbox, id, decision, &who.user_id, body.reason, &trace).await?;
+    let trace =
+        TraceParent::continue_or_start(headers.get(trace::HEADER).and_then(|v| v.to_str().ok()));
+    let confirm = confirms::decide(
+        &state.db,
+        &state.outbox,
+        id,
+        decision,
+        &who.user_id,
+        body.reason,
+        &trace,
+    )
+    .await?;
     Ok(Json(confirm).into_response())
 }
 

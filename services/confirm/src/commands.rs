@@ -18,7 +18,8 @@ impl Handler for ConfirmCommands {
                 confirms::on_request(tx, env.booking_id, env.saga_id, req, &msg.trace).await?
             }
             Body::DeleteConfirm(del) => {
-                confirms::on_delete(tx, env.booking_id, env.saga_id, &del.reason, &msg.trace).await?
+                confirms::on_delete(tx, env.booking_id, env.saga_id, &del.reason, &msg.trace)
+                    .await?
             }
             other => {
                 return Err(HandleError::Park(format!(

@@ -3,7 +3,9 @@
 
 use chrono::{DateTime, Utc};
 use platform::{
-    contract::{Body, ConfirmClosed, ConfirmDecided, ConfirmRequested, Envelope, RequestConfirm, RoomId},
+    contract::{
+        Body, ConfirmClosed, ConfirmDecided, ConfirmRequested, Envelope, RequestConfirm, RoomId,
+    },
     db::{Db, Tx},
     outbox::{self, OutboxSignal},
     time::{from_millis, now_millis, to_millis},
@@ -78,7 +80,8 @@ fn opt_time<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::
     }
 }
 
-const COLUMNS: &str = "id, booking_id, saga_id, room_id, booking_user_id, start_ms, end_ms, status, \
+const COLUMNS: &str =
+    "id, booking_id, saga_id, room_id, booking_user_id, start_ms, end_ms, status, \
      confirm_user_id, decided_at, reason, requested, closed_at, close_reason, version, created_at";
 
 fn from_row(r: &AnyRow) -> Result<Confirm, sqlx::Error> {
@@ -112,7 +115,10 @@ fn from_row(r: &AnyRow) -> Result<Confirm, sqlx::Error> {
     })
 }
 
-pub async fn get<'c, E: Executor<'c, Database = Any>>(db: E, id: Uuid) -> Result<Option<Confirm>, sqlx::Error> {
+pub async fn get<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+    id: Uuid,
+) -> Result<Option<Confirm>, sqlx::Error> {
     sqlx::query(&format!("SELECT {COLUMNS} FROM confirms WHERE id = $1"))
         .bind(id.to_string())
         .fetch_optional(db)
@@ -125,12 +131,14 @@ pub async fn get_by_booking<'c, E: Executor<'c, Database = Any>>(
     db: E,
     booking_id: Uuid,
 ) -> Result<Option<Confirm>, sqlx::Error> {
-    sqlx::query(&format!("SELECT {COLUMNS} FROM confirms WHERE booking_id = $1"))
-        .bind(booking_id.to_string())
-        .fetch_optional(db)
-        .await?
-        .map(|r| from_row(&r))
-        .transpose()
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM confirms WHERE booking_id = $1"
+    ))
+    .bind(booking_id.to_string())
+    .fetch_optional(db)
+    .await?
+    .map(|r| from_row(&r))
+    .transpose()
 }
 
 /// Filters of `GET /confirms`; by default only open (not closed) requests are listed.
@@ -211,9 +219,19 @@ async fn update(tx: &mut Tx, c: &Confirm, read_version: i64) -> Result<bool, sql
     Ok(done.rows_affected() == 1)
 }
 
-async fn emit(tx: &mut Tx, c: &Confirm, body: Body, trace: &TraceParent) -> Result<(), sqlx::Error> {
+async fn emit(
+    tx: &mut Tx,
+    c: &Confirm,
+    body: Body,
+    trace: &TraceParent,
+) -> Result<(), sqlx::Error> {
     let version = u64::try_from(c.version).unwrap_or_default();
-    outbox::enqueue(tx, &Envelope::new(c.booking_id, c.saga_id, version, body), trace).await
+    outbox::enqueue(
+        tx,
+        &Envelope::new(c.booking_id, c.saga_id, version, body),
+        trace,
+    )
+    .await
 }
 
 /// `RequestConfirm`: opens the approval request (once per booking).
@@ -225,7 +243,10 @@ pub async fn on_request(
     trace: &TraceParent,
 ) -> Result<(), sqlx::Error> {
     if let Some(existing) = get_by_booking(&mut **tx, booking_id).await? {
-        tracing::info!(closed = existing.closed, "RequestConfirm ignored: a confirm already exists for this booking");
+        tracing::info!(
+            closed = existing.closed,
+            "RequestConfirm ignored: a confirm already exists for this booking"
+        );
         return Ok(());
     }
     let confirm = Confirm {

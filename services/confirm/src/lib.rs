@@ -41,7 +41,10 @@ fn migrations() -> Migrations {
 /// Starts the service; it runs until `cancel` fires.
 pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<RunningService> {
     let rt = Runtime::start("confirm", &config.service, migrations(), cancel).await?;
-    rt.spawn_consumer(ConsumerSpec::confirm_commands(), Arc::new(commands::ConfirmCommands));
+    rt.spawn_consumer(
+        ConsumerSpec::confirm_commands(),
+        Arc::new(commands::ConfirmCommands),
+    );
     let routes = api::routes(api::AppState {
         db: rt.db.clone(),
         outbox: rt.outbox.clone(),
@@ -51,5 +54,8 @@ pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<
 
 /// Runs the service until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    spawn(config, CancellationToken::new()).await?.run_until(shutdown).await
+    spawn(config, CancellationToken::new())
+        .await?
+        .run_until(shutdown)
+        .await
 }

@@ -129,7 +129,14 @@ async fn process<H: Handler>(
     let envelope = match Envelope::from_json(&msg.payload) {
         Ok(env) => env,
         Err(e) => {
-            park(js, spec, &msg, stream_seq, &format!("unparseable message: {e}")).await;
+            park(
+                js,
+                spec,
+                &msg,
+                stream_seq,
+                &format!("unparseable message: {e}"),
+            )
+            .await;
             return;
         }
     };
@@ -210,11 +217,17 @@ async fn park(
 ) {
     tracing::error!(consumer = spec.durable, subject = %msg.subject, reason, "parking message in the dead-letter stream");
     let mut headers = HeaderMap::new();
-    headers.insert(NATS_MESSAGE_ID, format!("{}-{}", spec.stream, stream_seq).as_str());
+    headers.insert(
+        NATS_MESSAGE_ID,
+        format!("{}-{}", spec.stream, stream_seq).as_str(),
+    );
     headers.insert("Roombook-Original-Subject", msg.subject.as_str());
     headers.insert("Roombook-Consumer", spec.durable);
     // Header values are single-line.
-    headers.insert("Roombook-Reason", reason.replace(['\r', '\n'], " ").as_str());
+    headers.insert(
+        "Roombook-Reason",
+        reason.replace(['\r', '\n'], " ").as_str(),
+    );
     let publish = PublishMessage::build()
         .payload(msg.payload.clone())
         .headers(headers);

@@ -48,8 +48,7 @@ impl Db {
         static DRIVERS: Once = Once::new();
         DRIVERS.call_once(sqlx::any::install_default_drivers);
 
-        let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://")
-        {
+        let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_string())
         } else if let Some(path) = url.strip_prefix("sqlite://") {
             let file = path.split('?').next().unwrap_or(path);
@@ -117,7 +116,9 @@ impl Db {
             .run(&self.pool)
             .await
             .context("migrating messaging tables")?;
-        own.run(&self.pool).await.context("migrating service tables")?;
+        own.run(&self.pool)
+            .await
+            .context("migrating service tables")?;
         Ok(())
     }
 
@@ -160,8 +161,10 @@ pub async fn mark_processed(
 pub fn is_conflict(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
-            matches!(db.code().as_deref(), Some("23505" | "23P01" | "2067" | "1555"))
-                || db.message().contains("UNIQUE constraint failed")
+            matches!(
+                db.code().as_deref(),
+                Some("23505" | "23P01" | "2067" | "1555")
+            ) || db.message().contains("UNIQUE constraint failed")
         }
         _ => false,
     }

@@ -39,7 +39,12 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
         Problem {
             status,
             kind,
@@ -51,11 +56,21 @@ impl Problem {
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail,
+        )
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required", detail)
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Authentication required",
+            detail,
+        )
     }
 
     pub fn forbidden(detail: impl Into<String>) -> Self {
@@ -72,7 +87,12 @@ impl Problem {
 
     /// A failure the client may retry later; the cause is logged, not shown.
     pub fn unavailable(detail: impl Into<String>, retry_after_secs: u64) -> Self {
-        let mut p = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail);
+        let mut p = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+            detail,
+        );
         p.retry_after = Some(retry_after_secs);
         p
     }
@@ -160,9 +180,19 @@ fn json_problem(rejection: JsonRejection) -> Problem {
     let status = rejection.status();
     let mut p = Problem::bad_request(rejection.body_text());
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        p = Problem::new(status, "too-large", "Payload too large", rejection.body_text());
+        p = Problem::new(
+            status,
+            "too-large",
+            "Payload too large",
+            rejection.body_text(),
+        );
     } else if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
-        p = Problem::new(status, "unsupported-media-type", "Unsupported media type", rejection.body_text());
+        p = Problem::new(
+            status,
+            "unsupported-media-type",
+            "Unsupported media type",
+            rejection.body_text(),
+        );
     }
     p
 }
@@ -207,10 +237,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Identity {
                 .filter(|v| !v.is_empty())
                 .map(str::to_string)
         };
-        let user_id = get(USER_ID_HEADER)
-            .ok_or_else(|| Problem::unauthorized("no authenticated caller"))?;
+        let user_id =
+            get(USER_ID_HEADER).ok_or_else(|| Problem::unauthorized("no authenticated caller"))?;
         let roles = get(USER_ROLES_HEADER)
-            .map(|r| r.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .map(|r| {
+                r.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(Identity {
             user_id,
@@ -286,9 +321,16 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)>
 }
 
 /// Serves `router` until `cancel` fires, then lets requests in flight finish.
-pub async fn serve(listener: TcpListener, router: Router, cancel: CancellationToken) -> anyhow::Result<()> {
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await?;
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { cancel.cancelled().await })
+    .await?;
     Ok(())
 }

@@ -71,7 +71,12 @@ struct Row {
 }
 
 /// Publishes the outbox until `cancel` fires; the batch in hand is finished first.
-pub async fn relay(db: Db, js: jetstream::Context, signal: OutboxSignal, cancel: CancellationToken) {
+pub async fn relay(
+    db: Db,
+    js: jetstream::Context,
+    signal: OutboxSignal,
+    cancel: CancellationToken,
+) {
     let mut failures = 0u32;
     loop {
         match relay_batch(&db, &js).await {
@@ -148,7 +153,10 @@ async fn relay_batch(db: &Db, js: &jetstream::Context) -> anyhow::Result<usize> 
     }
     if !acked.is_empty() {
         let placeholders: Vec<String> = (1..=acked.len()).map(|i| format!("${i}")).collect();
-        let sql = format!("DELETE FROM outbox WHERE id IN ({})", placeholders.join(", "));
+        let sql = format!(
+            "DELETE FROM outbox WHERE id IN ({})",
+            placeholders.join(", ")
+        );
         let mut query = sqlx::query(&sql);
         for id in &acked {
             query = query.bind(*id);

@@ -153,8 +153,16 @@ pub struct RunningService {
 }
 
 impl RunningService {
-    pub fn new(addr: SocketAddr, cancel: CancellationToken, handle: JoinHandle<anyhow::Result<()>>) -> Self {
-        RunningService { addr, cancel, handle }
+    pub fn new(
+        addr: SocketAddr,
+        cancel: CancellationToken,
+        handle: JoinHandle<anyhow::Result<()>>,
+    ) -> Self {
+        RunningService {
+            addr,
+            cancel,
+            handle,
+        }
     }
 
     /// Asks the service to stop (it finishes the work in hand).
@@ -169,7 +177,9 @@ impl RunningService {
 
     /// Runs until `shutdown` completes (or the service fails), then stops cleanly.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let RunningService { cancel, mut handle, .. } = self;
+        let RunningService {
+            cancel, mut handle, ..
+        } = self;
         tokio::select! {
             () = shutdown => {
                 cancel.cancel();

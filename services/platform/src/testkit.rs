@@ -101,7 +101,10 @@ fn wait_for_port(dir: &Path) -> u16 {
 fn wait_for_tcp(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nats-server not accepting connections");
+        assert!(
+            Instant::now() < deadline,
+            "nats-server not accepting connections"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -79,7 +79,9 @@ mod tests {
     #[test]
     fn malformed_headers_start_a_new_trace() {
         assert!(TraceParent::parse("00-zz-11-01").is_none());
-        assert!(TraceParent::parse(&format!("00-{}-{}-01", "0".repeat(32), "1".repeat(16))).is_none());
+        assert!(
+            TraceParent::parse(&format!("00-{}-{}-01", "0".repeat(32), "1".repeat(16))).is_none()
+        );
         let fresh = TraceParent::continue_or_start(Some("garbage"));
         assert_eq!(fresh.trace_id.len(), 32);
     }
