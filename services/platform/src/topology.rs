@@ -80,6 +80,24 @@ impl ConsumerSpec {
         }
     }
 
+    /// The notification service follows every event (to e-mail on each status change).
+    pub fn notification() -> Self {
+        ConsumerSpec {
+            durable: "notification",
+            stream: EVENTS_STREAM,
+            filter_subjects: vec![format!("{EVENTS_PREFIX}.>")],
+        }
+    }
+
+    /// The booking list follows every event (to keep its read model).
+    pub fn bookinglist() -> Self {
+        ConsumerSpec {
+            durable: "bookinglist",
+            stream: EVENTS_STREAM,
+            filter_subjects: vec![format!("{EVENTS_PREFIX}.>")],
+        }
+    }
+
     /// The booking service takes the commands addressed to it.
     pub fn booking_commands() -> Self {
         ConsumerSpec {
@@ -98,7 +116,7 @@ impl ConsumerSpec {
         }
     }
 
-    fn config(&self) -> pull::Config {
+    pub fn config(&self) -> pull::Config {
         pull::Config {
             durable_name: Some(self.durable.to_string()),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
