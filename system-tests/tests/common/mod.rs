@@ -74,6 +74,12 @@ impl Stack {
         ServiceConfig::for_test(&self.nats.url(), db)
     }
 
+    /// Settings for another service joining this stack, with a fresh database of its own.
+    pub async fn service_config(&self, service: &str) -> ServiceConfig {
+        let db = self.dbs.create(service).await;
+        self.config(&db)
+    }
+
     pub async fn start_booking(&mut self) {
         let config = booking::Config {
             service: self.config(&self.booking_db),
@@ -98,10 +104,10 @@ impl Stack {
     }
 
     pub async fn start_orchestrator(&mut self) {
-        let config = roombook_orchestrator::Config {
+        let config = orchestrator::Config {
             service: self.config(&self.orchestrator_db),
         };
-        let svc = roombook_orchestrator::spawn(config, CancellationToken::new())
+        let svc = orchestrator::spawn(config, CancellationToken::new())
             .await
             .expect("orchestrator starts");
         self.orchestrator_url = format!("http://{}", svc.addr);

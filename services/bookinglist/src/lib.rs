@@ -1,0 +1,1 @@
+//! The bookinglist service (being built).
