@@ -48,6 +48,9 @@ struct SagaView {
     confirm_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     outcome: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval_deadline: Option<String>,
+    expiry_requested: bool,
     #[serde(with = "platform::contract::rfc3339_utc")]
     created_at: DateTime<Utc>,
     #[serde(with = "platform::contract::rfc3339_utc")]
@@ -66,6 +69,8 @@ impl SagaView {
             awaiting: s.saga.awaiting(),
             confirm_id: s.saga.confirm_id,
             outcome: s.saga.outcome.clone(),
+            approval_deadline: s.saga.approval_deadline.map(platform::time::format_utc),
+            expiry_requested: s.saga.expiry_requested,
             booking: s.saga.booking,
             created_at: s.created_at,
             updated_at: s.updated_at,

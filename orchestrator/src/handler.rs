@@ -2,84 +2,106 @@
 //! run the state machine, save it (guarded by its revision), record the timeline and put the
 //! resulting commands and saga events in the outbox — all committed together.
 
-use chrono::Utc;
 use platform::{
     consumer::{HandleError, Handler, Incoming},
     contract::Envelope,
     db::Tx,
     outbox,
+    trace::TraceParent,
 };
+use uuid::Uuid;
 
 use crate::{
-    saga::{self, SagaState},
-    store::{self, Step},
+    saga::{self, Policy, SagaState, Transition},
+    store::{self, Step, StoredSaga},
 };
 
-pub struct SagaHandler;
+pub struct SagaHandler {
+    pub policy: Policy,
+}
 
 impl Handler for SagaHandler {
     async fn handle(&self, tx: &mut Tx, msg: &Incoming) -> Result<(), HandleError> {
         let env = &msg.envelope;
         let stored = store::load(&mut **tx, env.booking_id).await?;
-        let step_in = |state: &str, note: Option<String>| Step {
-            at: Utc::now(),
+        let cause = |state: SagaState, note: Option<String>| Step {
+            at: platform::time::now(),
             direction: "in".into(),
             message_type: env.body.type_name().into(),
             message_id: env.message_id.to_string(),
-            state: state.into(),
+            state: state.as_str().into(),
             note,
         };
-        let transition = match saga::apply(stored.as_ref().map(|s| &s.saga), env) {
-            Ok(t) => t,
+        match saga::apply(stored.as_ref().map(|s| &s.saga), env, &self.policy) {
+            Ok(transition) => {
+                let step = cause(transition.saga.state, transition.note.clone());
+                persist(
+                    tx,
+                    stored.as_ref(),
+                    transition,
+                    step,
+                    env.correlation_id,
+                    &msg.trace,
+                )
+                .await
+            }
             Err(ignored) => {
                 tracing::info!(reason = %ignored, "message ignored by the saga");
                 if let Some(s) = &stored {
-                    let step = step_in(s.saga.state.as_str(), Some(format!("ignored: {ignored}")));
+                    let step = cause(s.saga.state, Some(format!("ignored: {ignored}")));
                     store::record_step(tx, env.booking_id, &step).await?;
                 }
-                return Ok(());
+                Ok(())
             }
-        };
-        let mut saga = transition.saga;
-        let before = stored.as_ref().map(|s| s.saga.state);
-        let mut outputs = Vec::with_capacity(transition.outputs.len());
-        for body in transition.outputs {
-            saga.version += 1;
-            let mut out = Envelope::new(saga.booking_id, saga.saga_id, saga.version, body);
-            out.correlation_id = env.correlation_id;
-            outputs.push(out);
         }
-        if !store::save(tx, &saga, stored.as_ref().map(|s| s.revision)).await? {
-            return Err(HandleError::Retry(anyhow::anyhow!(
-                "saga {} changed concurrently",
-                saga.booking_id
-            )));
-        }
-        store::record_step(
-            tx,
-            env.booking_id,
-            &step_in(saga.state.as_str(), transition.note),
-        )
-        .await?;
-        for out in &outputs {
-            outbox::enqueue(tx, out, &msg.trace).await?;
-            let step = Step {
-                at: Utc::now(),
-                direction: "out".into(),
-                message_type: out.body.type_name().into(),
-                message_id: out.message_id.to_string(),
-                state: saga.state.as_str().into(),
-                note: None,
-            };
-            store::record_step(tx, env.booking_id, &step).await?;
-        }
-        if before != Some(saga.state) {
-            tracing::info!(
-                from = before.map_or("-", SagaState::as_str),
-                to = saga.state.as_str(),
-                "saga moved"
-            );
-        }
-        Ok(())
     }
+}
+
+/// Saves a transition with its cause and outputs in the caller's transaction. Fails (for a
+/// retry) if the saga changed since it was loaded.
+pub async fn persist(
+    tx: &mut Tx,
+    stored: Option<&StoredSaga>,
+    transition: Transition,
+    cause: Step,
+    correlation_id: Uuid,
+    trace: &TraceParent,
+) -> Result<(), HandleError> {
+    let mut saga = transition.saga;
+    let before = stored.map(|s| s.saga.state);
+    let mut outputs = Vec::with_capacity(transition.outputs.len());
+    for body in transition.outputs {
+        saga.version += 1;
+        let mut out = Envelope::new(saga.booking_id, saga.saga_id, saga.version, body);
+        out.correlation_id = correlation_id;
+        outputs.push(out);
+    }
+    if !store::save(tx, &saga, stored.map(|s| s.revision)).await? {
+        return Err(HandleError::Retry(anyhow::anyhow!(
+            "saga {} changed concurrently",
+            saga.booking_id
+        )));
+    }
+    store::record_step(tx, saga.booking_id, &cause).await?;
+    for out in &outputs {
+        outbox::enqueue(tx, out, trace).await?;
+        let step = Step {
+            at: platform::time::now(),
+            direction: "out".into(),
+            message_type: out.body.type_name().into(),
+            message_id: out.message_id.to_string(),
+            state: saga.state.as_str().into(),
+            note: None,
+        };
+        store::record_step(tx, saga.booking_id, &step).await?;
+    }
+    if before != Some(saga.state) {
+        tracing::info!(
+            booking_id = %saga.booking_id,
+            from = before.map_or("-", SagaState::as_str),
+            to = saga.state.as_str(),
+            "saga moved"
+        );
+    }
+    Ok(())
 }

@@ -3,14 +3,17 @@
 //! through its outbox. It owns no booking data, only the sagas.
 
 pub mod api;
+pub mod deadlines;
 pub mod handler;
 pub mod saga;
 pub mod store;
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
+use anyhow::Context as _;
 use platform::{
-    config::ServiceConfig,
+    clock::Clock,
+    config::{env_or, ServiceConfig},
     db::Migrations,
     runtime::{RunningService, Runtime},
     topology::ConsumerSpec,
@@ -22,13 +25,40 @@ pub const DEFAULT_PORT: u16 = 8083;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub service: ServiceConfig,
+    /// How long an admin has to decide (`APPROVAL_TIMEOUT_SECS`, default 24 h).
+    pub policy: saga::Policy,
+    /// How often the deadline timer looks for due sagas (`DEADLINE_CHECK_INTERVAL_MS`, 1000).
+    pub deadline_check_interval: Duration,
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
+        let timeout: i64 = env_or("APPROVAL_TIMEOUT_SECS", "86400")
+            .parse()
+            .context("APPROVAL_TIMEOUT_SECS must be a number of seconds")?;
+        let interval: u64 = env_or("DEADLINE_CHECK_INTERVAL_MS", "1000")
+            .parse()
+            .context("DEADLINE_CHECK_INTERVAL_MS must be a number of milliseconds")?;
+        anyhow::ensure!(timeout > 0, "APPROVAL_TIMEOUT_SECS must be positive");
         Ok(Config {
             service: ServiceConfig::from_env("orchestrator", DEFAULT_PORT)?,
+            policy: saga::Policy {
+                approval_timeout: chrono::Duration::seconds(timeout),
+            },
+            deadline_check_interval: Duration::from_millis(interval.max(10)),
+            clock: platform::clock::system(),
         })
+    }
+
+    /// Default settings around the given service settings (tests adjust the rest).
+    pub fn new(service: ServiceConfig) -> Self {
+        Config {
+            service,
+            policy: saga::Policy::default(),
+            deadline_check_interval: Duration::from_secs(1),
+            clock: platform::clock::system(),
+        }
     }
 }
 
@@ -42,7 +72,19 @@ fn migrations() -> Migrations {
 /// Starts the orchestrator; it runs until `cancel` fires.
 pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<RunningService> {
     let rt = Runtime::start("orchestrator", &config.service, migrations(), cancel).await?;
-    rt.spawn_consumer(ConsumerSpec::orchestrator(), Arc::new(handler::SagaHandler));
+    rt.spawn_consumer(
+        ConsumerSpec::orchestrator(),
+        Arc::new(handler::SagaHandler {
+            policy: config.policy,
+        }),
+    );
+    rt.spawn_task(deadlines::run(
+        rt.db.clone(),
+        rt.outbox.clone(),
+        config.clock.clone(),
+        config.deadline_check_interval,
+        rt.cancel.clone(),
+    ));
     let routes = api::routes(api::AppState { db: rt.db.clone() });
     rt.serve(config.service.http_addr, routes).await
 }

@@ -27,11 +27,15 @@
 //!   PATCH of a closed confirm).
 //! - **a decision on an already-cancelled booking**: 409 once the confirm is closed; before that
 //!   the decision is recorded, the saga ignores it and closes the confirm.
+//! - **approve vs. the deadline**: the confirm service decides by its clock. A decision before
+//!   the deadline wins (a later `ExpireConfirm` finds it decided and does nothing); at or after
+//!   the deadline it gets 409, and the saga compensates like a denial (`ConfirmExpired` →
+//!   `CancelBooking(EXPIRED)` → `DeleteConfirm` → COMPENSATED).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use platform::contract::{
-    Body, CancelBooking, CancelReason, ConfirmBooking, DeleteConfirm, Envelope, RequestConfirm,
-    RoomId, SagaStateChanged,
+    Body, CancelBooking, CancelReason, ConfirmBooking, DeleteConfirm, Envelope, ExpireConfirm,
+    RequestConfirm, RoomId, SagaStateChanged,
 };
 use serde::Serialize;
 use uuid::Uuid;
@@ -122,6 +126,25 @@ pub struct Saga {
     pub confirm_version: u64,
     /// The saga's own message sequence.
     pub version: u64,
+    /// No decision is accepted from this instant on: the durable timer of the saga.
+    pub approval_deadline: Option<DateTime<Utc>>,
+    /// The deadline passed and `ExpireConfirm` was sent.
+    pub expiry_requested: bool,
+}
+
+/// The saga's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// How long an admin has to decide, counted from the booking; never past the booking's start.
+    pub approval_timeout: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            approval_timeout: Duration::hours(24),
+        }
+    }
 }
 
 impl Saga {
@@ -137,7 +160,14 @@ impl Saga {
             booking_version: 0,
             confirm_version: 0,
             version: 0,
+            approval_deadline: None,
+            expiry_requested: false,
         }
+    }
+
+    /// True while the saga waits for an admin's decision.
+    pub fn awaits_decision(&self) -> bool {
+        matches!(self.state, SagaState::Started | SagaState::AwaitingApproval)
     }
 
     /// The message the saga waits for next, if any.
@@ -169,8 +199,24 @@ pub struct Transition {
 #[error("{0}")]
 pub struct Ignored(pub String);
 
+/// The durable timer: once the approval deadline has passed with no decision, ask the confirm
+/// service to expire the confirm (it alone knows whether a decision beat the deadline).
+pub fn on_deadline(saga: &Saga, now: DateTime<Utc>) -> Option<Transition> {
+    let due = saga.approval_deadline.is_some_and(|d| d <= now);
+    if !due || !saga.awaits_decision() || saga.expiry_requested {
+        return None;
+    }
+    let mut s = saga.clone();
+    s.expiry_requested = true;
+    Some(Transition {
+        saga: s,
+        outputs: vec![Body::ExpireConfirm(ExpireConfirm {})],
+        note: Some("approval deadline passed".into()),
+    })
+}
+
 /// Applies `env` to `saga` (None: no saga for this booking yet).
-pub fn apply(saga: Option<&Saga>, env: &Envelope) -> Result<Transition, Ignored> {
+pub fn apply(saga: Option<&Saga>, env: &Envelope, policy: &Policy) -> Result<Transition, Ignored> {
     use SagaState::*;
 
     let mut s = match (saga, &env.body) {
@@ -198,7 +244,8 @@ pub fn apply(saga: Option<&Saga>, env: &Envelope) -> Result<Transition, Ignored>
         Body::ConfirmRequested(_)
         | Body::ConfirmCompleted(_)
         | Body::ConfirmDenied(_)
-        | Body::ConfirmClosed(_) => {
+        | Body::ConfirmClosed(_)
+        | Body::ConfirmExpired(_) => {
             if env.version <= s.confirm_version {
                 return Err(Ignored(format!(
                     "stale confirm event v{} (have v{})",
@@ -219,6 +266,8 @@ pub fn apply(saga: Option<&Saga>, env: &Envelope) -> Result<Transition, Ignored>
     let mut note = None;
     match (&env.body, s.state) {
         (Body::BookingCreated(b), _) if before.is_none() => {
+            let deadline = (env.occurred_at + policy.approval_timeout).min(b.use_start_dtm);
+            s.approval_deadline = Some(deadline);
             s.booking = Some(BookingInfo {
                 room_id: b.room_id,
                 booking_user_id: b.booking_user_id.clone(),
@@ -230,6 +279,7 @@ pub fn apply(saga: Option<&Saga>, env: &Envelope) -> Result<Transition, Ignored>
                 booking_user_id: b.booking_user_id.clone(),
                 use_start_dtm: b.use_start_dtm,
                 use_end_dtm: b.use_end_dtm,
+                approval_deadline: deadline,
             }));
         }
         (Body::ConfirmRequested(c), Started) => {
@@ -251,6 +301,15 @@ pub fn apply(saga: Option<&Saga>, env: &Envelope) -> Result<Transition, Ignored>
             outputs.push(Body::CancelBooking(CancelBooking {
                 reason: CancelReason::Denied,
                 detail: c.reason.clone(),
+            }));
+        }
+        (Body::ConfirmExpired(c), Started | AwaitingApproval) => {
+            s.confirm_id = Some(c.confirm_id);
+            s.state = Compensating;
+            s.outcome = Some("no decision before the approval deadline".into());
+            outputs.push(Body::CancelBooking(CancelBooking {
+                reason: CancelReason::Expired,
+                detail: None,
             }));
         }
         (Body::BookingConfirmed(_), Confirming) => s.state = Completed,

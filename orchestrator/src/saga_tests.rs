@@ -38,6 +38,7 @@ fn requested() -> Body {
         booking_user_id: "alice".into(),
         use_start_dtm: at(9),
         use_end_dtm: at(10),
+        approval_deadline: at(8),
     })
 }
 
@@ -64,7 +65,13 @@ fn closed() -> Body {
     })
 }
 
-/// The eight inputs, each at a version newer than the saga has seen (booking events are v2+,
+fn expired() -> Body {
+    Body::ConfirmExpired(ConfirmExpired {
+        confirm_id: Uuid::from_u128(9),
+    })
+}
+
+/// The nine inputs, each at a version newer than the saga has seen (booking events are v2+,
 /// confirm events v2+), except BookingCreated which is always v1.
 fn inputs() -> Vec<(&'static str, Envelope)> {
     vec![
@@ -88,6 +95,7 @@ fn inputs() -> Vec<(&'static str, Envelope)> {
             env(2, cancelled(CancelReason::Denied)),
         ),
         ("ConfirmClosed", env(2, closed())),
+        ("ConfirmExpired", env(2, expired())),
     ]
 }
 
@@ -103,6 +111,8 @@ fn saga_in(state: SagaState, booking_cancelled: bool) -> Saga {
         booking_version: 1,
         confirm_version: 1,
         version: 3,
+        approval_deadline: Some(at(8)),
+        expiry_requested: false,
     }
 }
 
@@ -128,7 +138,7 @@ fn expected(
         (Started | AwaitingApproval, "ConfirmCompleted") => {
             Some((Confirming, vec!["ConfirmBooking"]))
         }
-        (Started | AwaitingApproval, "ConfirmDenied") => {
+        (Started | AwaitingApproval, "ConfirmDenied" | "ConfirmExpired") => {
             Some((Compensating, vec!["CancelBooking"]))
         }
         (Confirming, "BookingConfirmed") => Some((Completed, vec![])),
@@ -151,7 +161,7 @@ fn every_state_and_message_pair_has_its_defined_outcome() {
     for (state, booking_cancelled) in states {
         for (name, msg) in inputs() {
             let saga = saga_in(state, booking_cancelled);
-            let result = apply(Some(&saga), &msg);
+            let result = apply(Some(&saga), &msg, &Policy::default());
             let case = format!(
                 "{} (booking cancelled: {booking_cancelled}) + {name}",
                 state.as_str()
@@ -190,7 +200,7 @@ fn every_state_and_message_pair_has_its_defined_outcome() {
 
 #[test]
 fn booking_created_starts_the_saga_and_requests_approval() {
-    let t = apply(None, &env(1, created())).unwrap();
+    let t = apply(None, &env(1, created()), &Policy::default()).unwrap();
     assert_eq!(t.saga.state, SagaState::Started);
     assert_eq!(commands(&t), vec!["RequestConfirm"]);
     assert_eq!(t.saga.booking.as_ref().unwrap().room_id, 101);
@@ -203,14 +213,14 @@ fn messages_for_an_unknown_saga_are_ignored() {
         if name == "BookingCreated" || name == "BookingCancelled(USER)" {
             continue;
         }
-        assert!(apply(None, &msg).is_err(), "{name}");
+        assert!(apply(None, &msg, &Policy::default()).is_err(), "{name}");
     }
 }
 
 fn run(history: &[Envelope]) -> Option<Saga> {
     let mut saga: Option<Saga> = None;
     for msg in history {
-        if let Ok(t) = apply(saga.as_ref(), msg) {
+        if let Ok(t) = apply(saga.as_ref(), msg, &Policy::default()) {
             saga = Some(t.saga);
         }
     }
@@ -246,10 +256,12 @@ fn deny_path_cancels_the_booking_then_closes_the_confirm() {
 
 #[test]
 fn a_duplicate_delivery_is_ignored_the_second_time() {
-    let first = apply(None, &env(1, created())).unwrap().saga;
+    let first = apply(None, &env(1, created()), &Policy::default())
+        .unwrap()
+        .saga;
     let msg = env(1, requested());
-    let second = apply(Some(&first), &msg).unwrap().saga;
-    assert!(apply(Some(&second), &msg).is_err());
+    let second = apply(Some(&first), &msg, &Policy::default()).unwrap().saga;
+    assert!(apply(Some(&second), &msg, &Policy::default()).is_err());
 }
 
 #[test]
@@ -269,11 +281,16 @@ fn a_late_confirmation_cannot_undo_a_cancel_that_overtook_it() {
 
 #[test]
 fn a_cancel_that_overtakes_the_creation_still_closes_the_confirm() {
-    let first = apply(None, &env(2, cancelled(CancelReason::UserCancelled))).unwrap();
+    let first = apply(
+        None,
+        &env(2, cancelled(CancelReason::UserCancelled)),
+        &Policy::default(),
+    )
+    .unwrap();
     assert_eq!(first.saga.state, SagaState::Cancelling);
     assert_eq!(commands(&first), vec!["DeleteConfirm"]);
     // The creation, arriving late, must not request an approval.
-    assert!(apply(Some(&first.saga), &env(1, created())).is_err());
+    assert!(apply(Some(&first.saga), &env(1, created()), &Policy::default()).is_err());
 }
 
 #[test]
@@ -310,4 +327,74 @@ fn confirm_events_in_any_order_with_duplicates_end_in_the_same_state() {
         let shuffled: Vec<Envelope> = order.iter().map(|i| history[*i].clone()).collect();
         assert_eq!(run(&shuffled).unwrap().state, expected, "order {order:?}");
     }
+}
+
+#[test]
+fn the_deadline_is_set_from_the_policy_but_never_after_the_start() {
+    let created = env(1, created());
+    let short = Policy {
+        approval_timeout: chrono::Duration::minutes(5),
+    };
+    let t = apply(None, &created, &short).unwrap();
+    assert_eq!(
+        t.saga.approval_deadline,
+        Some(created.occurred_at + chrono::Duration::minutes(5)).map(|d| d.min(at(9)))
+    );
+    let long = Policy {
+        approval_timeout: chrono::Duration::days(100_000),
+    };
+    let t = apply(None, &created, &long).unwrap();
+    assert_eq!(
+        t.saga.approval_deadline,
+        Some(at(9)),
+        "capped by the booking's start"
+    );
+    match &t.outputs[0] {
+        Body::RequestConfirm(r) => assert_eq!(r.approval_deadline, at(9)),
+        other => panic!("expected RequestConfirm, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_timer_fires_once_at_the_deadline_and_only_while_a_decision_is_awaited() {
+    let saga = saga_in(SagaState::AwaitingApproval, false);
+    let deadline = saga.approval_deadline.unwrap();
+    assert!(
+        on_deadline(&saga, deadline - chrono::Duration::milliseconds(1)).is_none(),
+        "one tick early"
+    );
+    let fired = on_deadline(&saga, deadline).expect("fires at the deadline");
+    assert_eq!(commands(&fired), vec!["ExpireConfirm"]);
+    assert!(
+        on_deadline(&fired.saga, deadline + chrono::Duration::hours(1)).is_none(),
+        "only once"
+    );
+    for state in [
+        SagaState::Confirming,
+        SagaState::Completed,
+        SagaState::Compensating,
+        SagaState::Cancelling,
+        SagaState::Compensated,
+        SagaState::Cancelled,
+    ] {
+        assert!(
+            on_deadline(&saga_in(state, false), deadline).is_none(),
+            "{}",
+            state.as_str()
+        );
+    }
+}
+
+#[test]
+fn expiry_compensates_like_a_denial() {
+    let s = run(&[
+        env(1, created()),
+        env(1, requested()),
+        env(2, expired()),
+        env(2, cancelled(CancelReason::Expired)),
+        env(3, closed()),
+    ])
+    .unwrap();
+    assert_eq!(s.state, SagaState::Compensated);
+    assert!(s.outcome.unwrap().contains("deadline"));
 }

@@ -23,7 +23,7 @@ pub struct StoredSaga {
 
 const COLUMNS: &str = "booking_id, saga_id, state, booking_cancelled, room_id, booking_user_id, \
      start_ms, end_ms, confirm_id, outcome, booking_version, confirm_version, version, revision, \
-     created_at, updated_at, settled_at";
+     created_at, updated_at, settled_at, deadline_ms, expiry_requested";
 
 fn uuid(r: &AnyRow, col: &str) -> Result<Uuid, sqlx::Error> {
     let s: String = r.try_get(col)?;
@@ -63,6 +63,8 @@ fn from_row(r: &AnyRow) -> Result<StoredSaga, sqlx::Error> {
             booking_version: count("booking_version")?,
             confirm_version: count("confirm_version")?,
             version: count("version")?,
+            approval_deadline: r.try_get::<Option<i64>, _>("deadline_ms")?.map(from_millis),
+            expiry_requested: r.try_get::<i64, _>("expiry_requested")? != 0,
         },
         revision: r.try_get("revision")?,
         created_at: from_millis(r.try_get("created_at")?),
@@ -112,7 +114,7 @@ pub async fn save(
         None => {
             sqlx::query(&format!(
                 "INSERT INTO sagas ({COLUMNS}) VALUES \
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $14, $15) \
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $14, $15, $16, $17) \
                  ON CONFLICT DO NOTHING"
             ))
             .bind(saga.booking_id.to_string())
@@ -130,6 +132,8 @@ pub async fn save(
             .bind(to_i64(saga.version))
             .bind(now)
             .bind(settled)
+            .bind(saga.approval_deadline.map(to_millis))
+            .bind(i64::from(saga.expiry_requested))
             .execute(&mut **tx)
             .await?
         }
@@ -137,7 +141,7 @@ pub async fn save(
             sqlx::query(
                 "UPDATE sagas SET state = $1, booking_cancelled = $2, confirm_id = $3, outcome = $4, \
                  booking_version = $5, confirm_version = $6, version = $7, revision = revision + 1, \
-                 updated_at = $8, settled_at = COALESCE($9, settled_at) \
+                 updated_at = $8, settled_at = COALESCE($9, settled_at), expiry_requested = $12 \
                  WHERE booking_id = $10 AND revision = $11",
             )
             .bind(saga.state.as_str())
@@ -151,6 +155,7 @@ pub async fn save(
             .bind(settled)
             .bind(saga.booking_id.to_string())
             .bind(revision)
+            .bind(i64::from(saga.expiry_requested))
             .execute(&mut **tx)
             .await?
         }
@@ -235,5 +240,24 @@ pub async fn list(
     .await?
     .iter()
     .map(from_row)
+    .collect()
+}
+
+/// Bookings whose saga still awaits a decision although its deadline has passed.
+pub async fn due_for_expiry(
+    db: &Db,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query(
+        "SELECT booking_id FROM sagas WHERE expiry_requested = 0 AND deadline_ms <= $1 \
+         AND state IN ('STARTED', 'AWAITING_APPROVAL') ORDER BY deadline_ms LIMIT $2",
+    )
+    .bind(to_millis(now))
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?
+    .iter()
+    .map(|r| uuid(r, "booking_id"))
     .collect()
 }

@@ -7,7 +7,10 @@ use axum::{
     routing::get,
     Json, Router,
 };
+use std::sync::Arc;
+
 use platform::{
+    clock::Clock,
     db::Db,
     http::{ApiJson, Identity, Problem},
     outbox::OutboxSignal,
@@ -22,6 +25,7 @@ use crate::confirms::{self, ConfirmFilter, ConfirmStatus, DecisionError};
 pub struct AppState {
     pub db: Db,
     pub outbox: OutboxSignal,
+    pub clock: Arc<dyn Clock>,
 }
 
 pub fn routes(state: AppState) -> Router {
@@ -38,6 +42,7 @@ impl From<DecisionError> for Problem {
             DecisionError::NotFound(_) => Problem::not_found(detail),
             DecisionError::NotADecision => Problem::bad_request(detail),
             DecisionError::Closed(_) => Problem::conflict("confirm-closed", detail),
+            DecisionError::Expired(_) => Problem::conflict("confirm-expired", detail),
             DecisionError::AlreadyDecided { .. } => Problem::conflict("confirm-decided", detail),
             DecisionError::Database(e) => e.into(),
         }
@@ -142,6 +147,7 @@ async fn decide(
     let confirm = confirms::decide(
         &state.db,
         &state.outbox,
+        state.clock.as_ref(),
         id,
         decision,
         &who.user_id,

@@ -17,6 +17,9 @@ impl Handler for ConfirmCommands {
             Body::RequestConfirm(req) => {
                 confirms::on_request(tx, env.booking_id, env.saga_id, req, &msg.trace).await?
             }
+            Body::ExpireConfirm(_) => {
+                confirms::on_expire(tx, env.booking_id, env.saga_id, &msg.trace).await?
+            }
             Body::DeleteConfirm(del) => {
                 confirms::on_delete(tx, env.booking_id, env.saga_id, &del.reason, &msg.trace)
                     .await?

@@ -3,8 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use platform::{
+    clock::Clock,
     contract::{
-        Body, ConfirmClosed, ConfirmDecided, ConfirmRequested, Envelope, RequestConfirm, RoomId,
+        Body, ConfirmClosed, ConfirmDecided, ConfirmExpired, ConfirmRequested, Envelope,
+        RequestConfirm, RoomId,
     },
     db::{Db, Tx},
     outbox::{self, OutboxSignal},
@@ -62,6 +64,9 @@ pub struct Confirm {
     pub confirm_dtm: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// No decision is accepted from this instant on.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_time")]
+    pub approval_deadline: Option<DateTime<Utc>>,
     /// Closed confirms (booking cancelled) can no longer be decided.
     pub closed: bool,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_time")]
@@ -82,7 +87,8 @@ fn opt_time<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::
 
 const COLUMNS: &str =
     "id, booking_id, saga_id, room_id, booking_user_id, start_ms, end_ms, status, \
-     confirm_user_id, decided_at, reason, requested, closed_at, close_reason, version, created_at";
+     confirm_user_id, decided_at, reason, requested, closed_at, close_reason, version, created_at, \
+     deadline_ms";
 
 fn from_row(r: &AnyRow) -> Result<Confirm, sqlx::Error> {
     let uuid = |col: &str| -> Result<Uuid, sqlx::Error> {
@@ -107,6 +113,7 @@ fn from_row(r: &AnyRow) -> Result<Confirm, sqlx::Error> {
         confirm_user_id: r.try_get("confirm_user_id")?,
         confirm_dtm: time("decided_at")?,
         reason: r.try_get("reason")?,
+        approval_deadline: time("deadline_ms")?,
         closed: closed_at.is_some(),
         closed_at,
         close_reason: r.try_get("close_reason")?,
@@ -173,7 +180,7 @@ pub async fn list(db: &Db, f: &ConfirmFilter) -> Result<Vec<Confirm>, sqlx::Erro
 async fn insert(tx: &mut Tx, c: &Confirm, requested: bool) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
         "INSERT INTO confirms ({COLUMNS}, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
     ))
     .bind(c.id.to_string())
     .bind(c.booking_id.to_string())
@@ -191,6 +198,7 @@ async fn insert(tx: &mut Tx, c: &Confirm, requested: bool) -> Result<(), sqlx::E
     .bind(&c.close_reason)
     .bind(c.version)
     .bind(to_millis(c.created_at))
+    .bind(c.approval_deadline.map(to_millis))
     .bind(now_millis())
     .execute(&mut **tx)
     .await?;
@@ -261,6 +269,7 @@ pub async fn on_request(
         confirm_user_id: None,
         confirm_dtm: None,
         reason: None,
+        approval_deadline: Some(req.approval_deadline),
         closed: false,
         closed_at: None,
         close_reason: None,
@@ -274,12 +283,14 @@ pub async fn on_request(
         booking_user_id: req.booking_user_id.clone(),
         use_start_dtm: req.use_start_dtm,
         use_end_dtm: req.use_end_dtm,
+        approval_deadline: req.approval_deadline,
     });
     emit(tx, &confirm, event, trace).await
 }
 
 /// `DeleteConfirm`: closes the request so it can no longer be decided. If it was never
-/// requested, a closed tombstone takes its place.
+/// requested, a closed tombstone takes its place. The answer is always `ConfirmClosed`, also
+/// for a confirm closed earlier (e.g. by expiry), so the saga waiting for it moves on.
 pub async fn on_delete(
     tx: &mut Tx,
     booking_id: Uuid,
@@ -287,56 +298,95 @@ pub async fn on_delete(
     reason: &str,
     trace: &TraceParent,
 ) -> Result<(), sqlx::Error> {
-    let now = platform::time::now();
-    match get_by_booking(&mut **tx, booking_id).await? {
-        Some(c) if c.closed => {
-            tracing::info!("DeleteConfirm ignored: already closed");
-            Ok(())
+    let c = match get_by_booking(&mut **tx, booking_id).await? {
+        Some(c) => c,
+        None => insert_tombstone(tx, booking_id, saga_id, reason).await?,
+    };
+    let closed = close(tx, c, reason).await?;
+    let body = Body::ConfirmClosed(ConfirmClosed {
+        confirm_id: closed.id,
+        was_requested: closed.room_id.is_some(),
+        reason: closed
+            .close_reason
+            .clone()
+            .unwrap_or_else(|| reason.to_string()),
+    });
+    emit(tx, &closed, body, trace).await
+}
+
+/// `ExpireConfirm`: the deadline passed. A confirm still waiting for a decision is closed and
+/// `ConfirmExpired` announced; one decided in time stays as it is (its decision already went out).
+pub async fn on_expire(
+    tx: &mut Tx,
+    booking_id: Uuid,
+    saga_id: Uuid,
+    trace: &TraceParent,
+) -> Result<(), sqlx::Error> {
+    const EXPIRED: &str = "EXPIRED";
+    let c = match get_by_booking(&mut **tx, booking_id).await? {
+        Some(c) if c.status != ConfirmStatus::Booked => {
+            tracing::info!(
+                status = c.status.as_str(),
+                "ExpireConfirm ignored: decided in time"
+            );
+            return Ok(());
         }
-        Some(mut c) => {
-            let read_version = c.version;
-            c.closed = true;
-            c.closed_at = Some(now);
-            c.close_reason = Some(reason.to_string());
-            c.version += 1;
-            if !update(tx, &c, read_version).await? {
-                return Err(sqlx::Error::RowNotFound);
-            }
-            let body = Body::ConfirmClosed(ConfirmClosed {
-                confirm_id: c.id,
-                was_requested: true,
-                reason: reason.to_string(),
-            });
-            emit(tx, &c, body, trace).await
-        }
-        None => {
-            let tombstone = Confirm {
-                id: Uuid::now_v7(),
-                booking_id,
-                saga_id,
-                room_id: None,
-                booking_user_id: None,
-                use_start_dtm: None,
-                use_end_dtm: None,
-                status: ConfirmStatus::Booked,
-                confirm_user_id: None,
-                confirm_dtm: None,
-                reason: None,
-                closed: true,
-                closed_at: Some(now),
-                close_reason: Some(reason.to_string()),
-                version: 1,
-                created_at: now,
-            };
-            insert(tx, &tombstone, false).await?;
-            let body = Body::ConfirmClosed(ConfirmClosed {
-                confirm_id: tombstone.id,
-                was_requested: false,
-                reason: reason.to_string(),
-            });
-            emit(tx, &tombstone, body, trace).await
-        }
+        Some(c) => c,
+        None => insert_tombstone(tx, booking_id, saga_id, EXPIRED).await?,
+    };
+    let closed = close(tx, c, EXPIRED).await?;
+    let body = Body::ConfirmExpired(ConfirmExpired {
+        confirm_id: closed.id,
+    });
+    emit(tx, &closed, body, trace).await
+}
+
+/// Marks the confirm closed (keeping an earlier close as it was) and bumps its version for the
+/// event the caller is about to emit.
+async fn close(tx: &mut Tx, mut c: Confirm, reason: &str) -> Result<Confirm, sqlx::Error> {
+    let read_version = c.version;
+    if !c.closed {
+        c.closed = true;
+        c.closed_at = Some(platform::time::now());
+        c.close_reason = Some(reason.to_string());
     }
+    c.version += 1;
+    if !update(tx, &c, read_version).await? {
+        return Err(sqlx::Error::RowNotFound);
+    }
+    Ok(c)
+}
+
+/// A closed confirm standing in for one that was never requested, so a late `RequestConfirm`
+/// is a no-op.
+async fn insert_tombstone(
+    tx: &mut Tx,
+    booking_id: Uuid,
+    saga_id: Uuid,
+    reason: &str,
+) -> Result<Confirm, sqlx::Error> {
+    let now = platform::time::now();
+    let tombstone = Confirm {
+        id: Uuid::now_v7(),
+        booking_id,
+        saga_id,
+        room_id: None,
+        booking_user_id: None,
+        use_start_dtm: None,
+        use_end_dtm: None,
+        status: ConfirmStatus::Booked,
+        confirm_user_id: None,
+        confirm_dtm: None,
+        reason: None,
+        approval_deadline: None,
+        closed: true,
+        closed_at: Some(now),
+        close_reason: Some(reason.to_string()),
+        version: 0,
+        created_at: now,
+    };
+    insert(tx, &tombstone, false).await?;
+    Ok(tombstone)
 }
 
 /// Why an admin's decision was refused.
@@ -348,6 +398,8 @@ pub enum DecisionError {
     NotADecision,
     #[error("the booking was cancelled; confirm {0} is closed")]
     Closed(Uuid),
+    #[error("the approval deadline of confirm {0} has passed")]
+    Expired(Uuid),
     #[error("confirm {id} was already {status}")]
     AlreadyDecided { id: Uuid, status: &'static str },
     #[error(transparent)]
@@ -356,9 +408,11 @@ pub enum DecisionError {
 
 /// An admin approves or denies. Repeating the same decision is answered with the confirm as
 /// it is; a different decision, or any decision on a closed confirm, is refused.
+#[allow(clippy::too_many_arguments)]
 pub async fn decide(
     db: &Db,
     outbox: &OutboxSignal,
+    clock: &dyn Clock,
     id: Uuid,
     decision: ConfirmStatus,
     admin: &str,
@@ -376,8 +430,16 @@ pub async fn decide(
     if c.status == decision {
         return Ok(c);
     }
+    if c.closed && c.close_reason.as_deref() == Some("EXPIRED") {
+        return Err(DecisionError::Expired(id));
+    }
     if c.closed {
         return Err(DecisionError::Closed(id));
+    }
+    // The deadline is this service's to enforce: a decision at or after it loses, whether or
+    // not the expiry has been processed yet.
+    if c.status == ConfirmStatus::Booked && c.approval_deadline.is_some_and(|d| clock.now() >= d) {
+        return Err(DecisionError::Expired(id));
     }
     if c.status != ConfirmStatus::Booked {
         return Err(DecisionError::AlreadyDecided {

@@ -9,6 +9,7 @@ pub mod confirms;
 use std::{future::Future, sync::Arc};
 
 use platform::{
+    clock::Clock,
     config::ServiceConfig,
     db::Migrations,
     runtime::{RunningService, Runtime},
@@ -21,13 +22,24 @@ pub const DEFAULT_PORT: u16 = 8082;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub service: ServiceConfig,
+    /// Decides whether a decision came before the approval deadline.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Config {
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Config {
             service: ServiceConfig::from_env("confirm", DEFAULT_PORT)?,
+            clock: platform::clock::system(),
         })
+    }
+
+    /// Settings for a test: the given service settings and the system clock.
+    pub fn new(service: ServiceConfig) -> Self {
+        Config {
+            service,
+            clock: platform::clock::system(),
+        }
     }
 }
 
@@ -48,6 +60,7 @@ pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<
     let routes = api::routes(api::AppState {
         db: rt.db.clone(),
         outbox: rt.outbox.clone(),
+        clock: config.clock.clone(),
     });
     rt.serve(config.service.http_addr, routes).await
 }

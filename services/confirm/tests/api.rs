@@ -14,9 +14,10 @@ async fn only_admins_read_the_queue_and_decide_and_bad_decisions_are_refused() {
     platform::telemetry::init_for_tests();
     let nats = NatsServer::start();
     let dbs = TestDatabases::new(TestBackend::Sqlite);
-    let config = roombook_confirm::Config {
-        service: ServiceConfig::for_test(&nats.url(), &dbs.create("confirm").await),
-    };
+    let config = roombook_confirm::Config::new(ServiceConfig::for_test(
+        &nats.url(),
+        &dbs.create("confirm").await,
+    ));
     let svc = roombook_confirm::spawn(config, CancellationToken::new())
         .await
         .unwrap();

@@ -43,11 +43,13 @@ pub enum Body {
     ConfirmCompleted(ConfirmDecided),
     ConfirmDenied(ConfirmDecided),
     ConfirmClosed(ConfirmClosed),
+    ConfirmExpired(ConfirmExpired),
     // Events of the orchestrator.
     SagaStateChanged(SagaStateChanged),
     // Commands to the confirm service.
     RequestConfirm(RequestConfirm),
     DeleteConfirm(DeleteConfirm),
+    ExpireConfirm(ExpireConfirm),
     // Commands to the booking service.
     ConfirmBooking(ConfirmBooking),
     CancelBooking(CancelBooking),
@@ -64,9 +66,11 @@ impl Body {
             Body::ConfirmCompleted(_) => "ConfirmCompleted",
             Body::ConfirmDenied(_) => "ConfirmDenied",
             Body::ConfirmClosed(_) => "ConfirmClosed",
+            Body::ConfirmExpired(_) => "ConfirmExpired",
             Body::SagaStateChanged(_) => "SagaStateChanged",
             Body::RequestConfirm(_) => "RequestConfirm",
             Body::DeleteConfirm(_) => "DeleteConfirm",
+            Body::ExpireConfirm(_) => "ExpireConfirm",
             Body::ConfirmBooking(_) => "ConfirmBooking",
             Body::CancelBooking(_) => "CancelBooking",
         }
@@ -140,6 +144,9 @@ pub struct ConfirmRequested {
     pub use_start_dtm: DateTime<Utc>,
     #[serde(with = "rfc3339_utc")]
     pub use_end_dtm: DateTime<Utc>,
+    /// No decision is accepted from this instant on.
+    #[serde(with = "rfc3339_utc")]
+    pub approval_deadline: DateTime<Utc>,
 }
 
 /// An admin's decision (`ConfirmCompleted` approves, `ConfirmDenied` denies).
@@ -162,6 +169,18 @@ pub struct ConfirmClosed {
     pub reason: String,
 }
 
+/// The approval deadline passed with no decision; the confirm is closed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfirmExpired {
+    pub confirm_id: Uuid,
+}
+
+/// The approval deadline passed: close the confirm unless it was decided in time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpireConfirm {}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SagaStateChanged {
@@ -179,6 +198,9 @@ pub struct RequestConfirm {
     pub use_start_dtm: DateTime<Utc>,
     #[serde(with = "rfc3339_utc")]
     pub use_end_dtm: DateTime<Utc>,
+    /// No decision is accepted from this instant on.
+    #[serde(with = "rfc3339_utc")]
+    pub approval_deadline: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 //! consumers with dedup, backoff and dead letters ([`consumer`]), and the HTTP pieces
 //! ([`http`]): problem details, health probes, identity headers and graceful serving.
 
+pub mod clock;
 pub mod config;
 pub mod consumer;
 pub mod contract;

@@ -47,9 +47,12 @@ pub fn subject_for(env: &Envelope) -> String {
         Body::ConfirmRequested(_)
         | Body::ConfirmCompleted(_)
         | Body::ConfirmDenied(_)
-        | Body::ConfirmClosed(_) => (EVENTS_PREFIX, "confirm"),
+        | Body::ConfirmClosed(_)
+        | Body::ConfirmExpired(_) => (EVENTS_PREFIX, "confirm"),
         Body::SagaStateChanged(_) => (EVENTS_PREFIX, "saga"),
-        Body::RequestConfirm(_) | Body::DeleteConfirm(_) => (COMMANDS_PREFIX, "confirm"),
+        Body::RequestConfirm(_) | Body::DeleteConfirm(_) | Body::ExpireConfirm(_) => {
+            (COMMANDS_PREFIX, "confirm")
+        }
         Body::ConfirmBooking(_) | Body::CancelBooking(_) => (COMMANDS_PREFIX, "booking"),
     };
     format!(

@@ -3,11 +3,12 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream;
 use chrono::{DateTime, Duration as Span, Utc};
 use platform::{
+    clock::ManualClock,
     config::ServiceConfig,
     http::{USER_EMAIL_HEADER, USER_ID_HEADER, USER_ROLES_HEADER},
     runtime::RunningService,
@@ -21,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 pub const WAIT: Duration = Duration::from_secs(30);
 
 pub struct Stack {
+    /// The time the confirm service and the orchestrator see (deadlines); starts at now.
+    pub clock: ManualClock,
     pub nats: NatsServer,
     pub dbs: TestDatabases,
     pub booking: Option<RunningService>,
@@ -51,6 +54,7 @@ impl Stack {
         let confirm_db = dbs.create("confirm").await;
         let orchestrator_db = dbs.create("orchestrator").await;
         let mut stack = Stack {
+            clock: ManualClock::starting_at(platform::time::now()),
             nats,
             dbs,
             booking: None,
@@ -95,6 +99,7 @@ impl Stack {
     pub async fn start_confirm(&mut self) {
         let config = confirm::Config {
             service: self.config(&self.confirm_db),
+            clock: Arc::new(self.clock.clone()),
         };
         let svc = confirm::spawn(config, CancellationToken::new())
             .await
@@ -105,7 +110,9 @@ impl Stack {
 
     pub async fn start_orchestrator(&mut self) {
         let config = orchestrator::Config {
-            service: self.config(&self.orchestrator_db),
+            deadline_check_interval: Duration::from_millis(20),
+            clock: Arc::new(self.clock.clone()),
+            ..orchestrator::Config::new(self.config(&self.orchestrator_db))
         };
         let svc = orchestrator::spawn(config, CancellationToken::new())
             .await
