@@ -1,35 +1,48 @@
 //! The admin's view of sagas: `GET /sagas/{id}` (state, what it waits on, and its timeline) and
 //! `GET /sagas?state=&olderThan=`.
 
+use std::sync::Arc;
+
 use axum::{
     extract::{Path, Query, State},
+    http::HeaderMap,
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
     Json, Router,
 };
 use chrono::{DateTime, Utc};
 use platform::{
+    clock::Clock,
+    consumer::HandleError,
     db::Db,
     http::{Identity, Problem},
+    outbox::OutboxSignal,
     time::parse_client_time,
+    trace::{self, TraceParent},
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    saga::{BookingInfo, SagaState},
-    store::{self, Step, StoredSaga},
+    handler::{self, Schedule},
+    saga::{self, BookingInfo, NotApplicable, Policy, Saga, SagaState, Transition},
+    store::{self, SagaFilter, Step, StoredSaga},
 };
 
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
+    pub outbox: OutboxSignal,
+    pub clock: Arc<dyn Clock>,
+    pub policy: Policy,
 }
 
 pub fn routes(state: AppState) -> Router {
     Router::new()
         .route("/sagas", get(list))
         .route("/sagas/{id}", get(get_one))
+        .route("/sagas/{id}/retry", post(retry))
+        .route("/sagas/{id}/compensate", post(compensate))
         .with_state(state)
 }
 
@@ -51,6 +64,14 @@ struct SagaView {
     #[serde(skip_serializing_if = "Option::is_none")]
     approval_deadline: Option<String>,
     expiry_requested: bool,
+    /// The command whose reply the saga waits for, how often it was sent and when it is next.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending_command: Option<&'static str>,
+    attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_retry_at: Option<String>,
+    /// Gave up retrying: an admin must retry or compensate it.
+    stuck: bool,
     #[serde(with = "platform::contract::rfc3339_utc")]
     created_at: DateTime<Utc>,
     #[serde(with = "platform::contract::rfc3339_utc")]
@@ -71,6 +92,10 @@ impl SagaView {
             outcome: s.saga.outcome.clone(),
             approval_deadline: s.saga.approval_deadline.map(platform::time::format_utc),
             expiry_requested: s.saga.expiry_requested,
+            pending_command: s.saga.pending.as_ref().map(|b| b.type_name()),
+            attempts: s.saga.attempts,
+            next_retry_at: s.next_retry_at.map(platform::time::format_utc),
+            stuck: s.saga.stuck,
             booking: s.saga.booking,
             created_at: s.created_at,
             updated_at: s.updated_at,
@@ -98,6 +123,8 @@ struct ListQuery {
     state: Option<String>,
     /// Only sagas not updated since this time (RFC 3339), e.g. to find those waiting too long.
     older_than: Option<String>,
+    /// Only sagas that gave up retrying (`true`) or did not (`false`).
+    stuck: Option<bool>,
     limit: Option<i64>,
     offset: Option<i64>,
 }
@@ -128,14 +155,98 @@ async fn list(
             "limit must be 1..=1000 and offset >= 0",
         ));
     }
-    let sagas = store::list(
-        &state.db,
-        saga_state,
+    let filter = SagaFilter {
+        state: saga_state,
         older_than,
-        limit,
-        q.offset.unwrap_or(0),
-    )
-    .await?;
+        stuck: q.stuck,
+    };
+    let sagas = store::list(&state.db, &filter, limit, q.offset.unwrap_or(0)).await?;
     let views: Vec<SagaView> = sagas.into_iter().map(|s| SagaView::new(s, None)).collect();
     Ok(Json(views).into_response())
+}
+
+/// `POST /sagas/{id}/retry`: send the pending command again now, with a fresh round of attempts.
+async fn retry(
+    State(state): State<AppState>,
+    who: Identity,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    admin_step(&state, &who, &headers, &id, "Retry", saga::retry).await
+}
+
+/// `POST /sagas/{id}/compensate`: give up on the booking and undo it like a denial.
+async fn compensate(
+    State(state): State<AppState>,
+    who: Identity,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    admin_step(&state, &who, &headers, &id, "Compensate", saga::compensate).await
+}
+
+async fn admin_step(
+    state: &AppState,
+    who: &Identity,
+    headers: &HeaderMap,
+    id: &str,
+    operation: &str,
+    step: fn(&Saga) -> Result<Transition, NotApplicable>,
+) -> Result<Response, Problem> {
+    who.require_admin()?;
+    let not_found = || Problem::not_found(format!("no saga for {id}"));
+    let uuid = Uuid::parse_str(id).map_err(|_| not_found())?;
+    let booking_id = store::find(&state.db, uuid)
+        .await?
+        .ok_or_else(not_found)?
+        .saga
+        .booking_id;
+    let mut tx = state.db.begin().await?;
+    let stored = store::load(&mut *tx, booking_id)
+        .await?
+        .ok_or_else(not_found)?;
+    let transition =
+        step(&stored.saga).map_err(|e| Problem::conflict("saga-not-applicable", e.0))?;
+    let now = state.clock.now();
+    let cause = Step {
+        at: now,
+        direction: "admin".into(),
+        message_type: operation.into(),
+        message_id: "-".into(),
+        state: transition.saga.state.as_str().into(),
+        note: Some(format!("by {}", who.user_id)),
+    };
+    let trace =
+        TraceParent::continue_or_start(headers.get(trace::HEADER).and_then(|v| v.to_str().ok()));
+    let when = Schedule {
+        now,
+        policy: &state.policy,
+    };
+    match handler::persist(
+        &mut tx,
+        Some(&stored),
+        transition,
+        cause,
+        stored.saga.saga_id,
+        &trace,
+        when,
+    )
+    .await
+    {
+        Ok(()) => {}
+        Err(HandleError::Retry(_)) => {
+            return Err(Problem::unavailable(
+                "the saga changed meanwhile; try again",
+                1,
+            ))
+        }
+        Err(HandleError::Park(reason)) => return Err(Problem::internal(&anyhow::anyhow!(reason))),
+    }
+    tx.commit().await?;
+    state.outbox.notify();
+    let saga = store::find(&state.db, booking_id)
+        .await?
+        .ok_or_else(not_found)?;
+    let timeline = store::timeline(&state.db, booking_id).await?;
+    Ok(Json(SagaView::new(saga, Some(timeline))).into_response())
 }

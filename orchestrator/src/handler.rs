@@ -2,9 +2,13 @@
 //! run the state machine, save it (guarded by its revision), record the timeline and put the
 //! resulting commands and saga events in the outbox — all committed together.
 
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
 use platform::{
+    clock::Clock,
     consumer::{HandleError, Handler, Incoming},
-    contract::Envelope,
+    contract::{Body, Envelope},
     db::Tx,
     outbox,
     trace::TraceParent,
@@ -18,6 +22,7 @@ use crate::{
 
 pub struct SagaHandler {
     pub policy: Policy,
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Handler for SagaHandler {
@@ -35,6 +40,10 @@ impl Handler for SagaHandler {
         match saga::apply(stored.as_ref().map(|s| &s.saga), env, &self.policy) {
             Ok(transition) => {
                 let step = cause(transition.saga.state, transition.note.clone());
+                let when = Schedule {
+                    now: self.clock.now(),
+                    policy: &self.policy,
+                };
                 persist(
                     tx,
                     stored.as_ref(),
@@ -42,6 +51,7 @@ impl Handler for SagaHandler {
                     step,
                     env.correlation_id,
                     &msg.trace,
+                    when,
                 )
                 .await
             }
@@ -57,6 +67,13 @@ impl Handler for SagaHandler {
     }
 }
 
+/// The time of a step and the policy that schedules the next retry of its pending command.
+#[derive(Clone, Copy)]
+pub struct Schedule<'a> {
+    pub now: DateTime<Utc>,
+    pub policy: &'a Policy,
+}
+
 /// Saves a transition with its cause and outputs in the caller's transaction. Fails (for a
 /// retry) if the saga changed since it was loaded.
 pub async fn persist(
@@ -66,6 +83,7 @@ pub async fn persist(
     cause: Step,
     correlation_id: Uuid,
     trace: &TraceParent,
+    when: Schedule<'_>,
 ) -> Result<(), HandleError> {
     let mut saga = transition.saga;
     let before = stored.map(|s| s.saga.state);
@@ -76,7 +94,16 @@ pub async fn persist(
         out.correlation_id = correlation_id;
         outputs.push(out);
     }
-    if !store::save(tx, &saga, stored.map(|s| s.revision)).await? {
+    // A command sent now is retried later; an unchanged pending command keeps its schedule.
+    let sent_command = outputs
+        .iter()
+        .any(|o| !matches!(o.body, Body::SagaStateChanged(_)));
+    let next_retry_at = match (&saga.pending, saga.stuck) {
+        (Some(_), false) if sent_command => Some(when.policy.next_retry(when.now, saga.attempts)),
+        (Some(_), false) => stored.and_then(|s| s.next_retry_at),
+        _ => None,
+    };
+    if !store::save(tx, &saga, stored.map(|s| s.revision), next_retry_at).await? {
         return Err(HandleError::Retry(anyhow::anyhow!(
             "saga {} changed concurrently",
             saga.booking_id

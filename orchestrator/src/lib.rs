@@ -3,10 +3,10 @@
 //! through its outbox. It owns no booking data, only the sagas.
 
 pub mod api;
-pub mod deadlines;
 pub mod handler;
 pub mod saga;
 pub mod store;
+pub mod timers;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -27,8 +27,8 @@ pub struct Config {
     pub service: ServiceConfig,
     /// How long an admin has to decide (`APPROVAL_TIMEOUT_SECS`, default 24 h).
     pub policy: saga::Policy,
-    /// How often the deadline timer looks for due sagas (`DEADLINE_CHECK_INTERVAL_MS`, 1000).
-    pub deadline_check_interval: Duration,
+    /// How often the timers look for due deadlines and retries (`TIMER_INTERVAL_MS`, 1000).
+    pub timer_interval: Duration,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -37,16 +37,28 @@ impl Config {
         let timeout: i64 = env_or("APPROVAL_TIMEOUT_SECS", "86400")
             .parse()
             .context("APPROVAL_TIMEOUT_SECS must be a number of seconds")?;
-        let interval: u64 = env_or("DEADLINE_CHECK_INTERVAL_MS", "1000")
+        let interval: u64 = env_or("TIMER_INTERVAL_MS", "1000")
             .parse()
-            .context("DEADLINE_CHECK_INTERVAL_MS must be a number of milliseconds")?;
+            .context("TIMER_INTERVAL_MS must be a number of milliseconds")?;
+        let retry_after: i64 = env_or("COMMAND_RETRY_SECS", "30")
+            .parse()
+            .context("COMMAND_RETRY_SECS must be a number of seconds")?;
+        let max_attempts: u32 = env_or("COMMAND_MAX_ATTEMPTS", "6")
+            .parse()
+            .context("COMMAND_MAX_ATTEMPTS must be a number")?;
         anyhow::ensure!(timeout > 0, "APPROVAL_TIMEOUT_SECS must be positive");
+        anyhow::ensure!(
+            retry_after > 0 && max_attempts > 0,
+            "retries need positive settings"
+        );
         Ok(Config {
             service: ServiceConfig::from_env("orchestrator", DEFAULT_PORT)?,
             policy: saga::Policy {
                 approval_timeout: chrono::Duration::seconds(timeout),
+                retry_after: chrono::Duration::seconds(retry_after),
+                max_attempts,
             },
-            deadline_check_interval: Duration::from_millis(interval.max(10)),
+            timer_interval: Duration::from_millis(interval.max(10)),
             clock: platform::clock::system(),
         })
     }
@@ -56,7 +68,7 @@ impl Config {
         Config {
             service,
             policy: saga::Policy::default(),
-            deadline_check_interval: Duration::from_secs(1),
+            timer_interval: Duration::from_secs(1),
             clock: platform::clock::system(),
         }
     }
@@ -76,16 +88,23 @@ pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<
         ConsumerSpec::orchestrator(),
         Arc::new(handler::SagaHandler {
             policy: config.policy,
+            clock: config.clock.clone(),
         }),
     );
-    rt.spawn_task(deadlines::run(
+    rt.spawn_task(timers::run(
         rt.db.clone(),
         rt.outbox.clone(),
         config.clock.clone(),
-        config.deadline_check_interval,
+        config.policy,
+        config.timer_interval,
         rt.cancel.clone(),
     ));
-    let routes = api::routes(api::AppState { db: rt.db.clone() });
+    let routes = api::routes(api::AppState {
+        db: rt.db.clone(),
+        outbox: rt.outbox.clone(),
+        clock: config.clock.clone(),
+        policy: config.policy,
+    });
     rt.serve(config.service.http_addr, routes).await
 }
 

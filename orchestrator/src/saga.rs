@@ -130,6 +130,12 @@ pub struct Saga {
     pub approval_deadline: Option<DateTime<Utc>>,
     /// The deadline passed and `ExpireConfirm` was sent.
     pub expiry_requested: bool,
+    /// The command whose reply the saga waits for; sent again if the reply does not come.
+    pub pending: Option<Body>,
+    /// How often `pending` has been sent.
+    pub attempts: u32,
+    /// Gave up retrying `pending`: an admin must retry or compensate.
+    pub stuck: bool,
 }
 
 /// The saga's settings.
@@ -137,13 +143,26 @@ pub struct Saga {
 pub struct Policy {
     /// How long an admin has to decide, counted from the booking; never past the booking's start.
     pub approval_timeout: Duration,
+    /// Wait before sending an unanswered command again; doubles per attempt, up to 16×.
+    pub retry_after: Duration,
+    /// Sends of one command before the saga is marked stuck.
+    pub max_attempts: u32,
 }
 
 impl Default for Policy {
     fn default() -> Self {
         Policy {
             approval_timeout: Duration::hours(24),
+            retry_after: Duration::seconds(30),
+            max_attempts: 6,
         }
+    }
+}
+
+impl Policy {
+    /// When to send the pending command again after its `attempts`-th send at `sent_at`.
+    pub fn next_retry(&self, sent_at: DateTime<Utc>, attempts: u32) -> DateTime<Utc> {
+        sent_at + self.retry_after * 2i32.pow(attempts.saturating_sub(1).min(4))
     }
 }
 
@@ -162,6 +181,9 @@ impl Saga {
             version: 0,
             approval_deadline: None,
             expiry_requested: false,
+            pending: None,
+            attempts: 0,
+            stuck: false,
         }
     }
 
@@ -208,11 +230,123 @@ pub fn on_deadline(saga: &Saga, now: DateTime<Utc>) -> Option<Transition> {
     }
     let mut s = saga.clone();
     s.expiry_requested = true;
+    let outputs = vec![Body::ExpireConfirm(ExpireConfirm {})];
+    track_pending(&mut s, &outputs, false);
     Some(Transition {
         saga: s,
-        outputs: vec![Body::ExpireConfirm(ExpireConfirm {})],
+        outputs,
         note: Some("approval deadline passed".into()),
     })
+}
+
+/// The retry timer: the pending command's reply is overdue. Sends it again, or after
+/// `policy.max_attempts` marks the saga stuck.
+pub fn on_retry_due(saga: &Saga, policy: &Policy) -> Option<Transition> {
+    let pending = saga.pending.as_ref().filter(|_| !saga.stuck)?;
+    let mut s = saga.clone();
+    if s.attempts >= policy.max_attempts {
+        s.stuck = true;
+        let note = format!(
+            "stuck: no reply to {} after {} attempts",
+            pending.type_name(),
+            s.attempts
+        );
+        return Some(Transition {
+            saga: s,
+            outputs: vec![],
+            note: Some(note),
+        });
+    }
+    s.attempts += 1;
+    Some(Transition {
+        outputs: vec![pending.clone()],
+        note: Some(format!("attempt {} of {}", s.attempts, pending.type_name())),
+        saga: s,
+    })
+}
+
+/// Why an admin operation does not apply to a saga.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotApplicable(pub String);
+
+/// Admin: send the pending command again now, starting a fresh round of attempts.
+pub fn retry(saga: &Saga) -> Result<Transition, NotApplicable> {
+    let pending = saga.pending.clone().ok_or_else(|| {
+        NotApplicable(format!(
+            "the saga is {} and waits on no command",
+            saga.state.as_str()
+        ))
+    })?;
+    let mut s = saga.clone();
+    let outputs = vec![pending];
+    track_pending(&mut s, &outputs, false);
+    Ok(Transition {
+        saga: s,
+        outputs,
+        note: Some("retried by an admin".into()),
+    })
+}
+
+/// Admin: give up on the booking and undo it like a denial (the booking is cancelled, the
+/// confirm closed). A saga already compensating or cancelling is retried instead.
+pub fn compensate(saga: &Saga) -> Result<Transition, NotApplicable> {
+    use SagaState::*;
+    match saga.state {
+        Started | AwaitingApproval | Confirming | Completed => {
+            let mut s = saga.clone();
+            s.state = Compensating;
+            s.booking_cancelled = false;
+            s.outcome = Some("compensated by an admin".into());
+            let mut outputs = vec![Body::CancelBooking(CancelBooking {
+                reason: CancelReason::Denied,
+                detail: Some("compensated by an admin".into()),
+            })];
+            track_pending(&mut s, &outputs, true);
+            outputs.push(state_changed(saga.state, s.state));
+            Ok(Transition {
+                saga: s,
+                outputs,
+                note: Some("compensation started by an admin".into()),
+            })
+        }
+        Compensating | Cancelling => retry(saga),
+        Compensated | Cancelled => Err(NotApplicable(format!(
+            "the saga is already {}",
+            saga.state.as_str()
+        ))),
+    }
+}
+
+fn state_changed(from: SagaState, to: SagaState) -> Body {
+    Body::SagaStateChanged(SagaStateChanged {
+        state: to.as_str().into(),
+        previous_state: Some(from.as_str().into()),
+    })
+}
+
+/// After a step: the last command sent becomes the pending one (first attempt); a step that
+/// moved the saga without sending a command means the awaited reply came.
+fn track_pending(s: &mut Saga, outputs: &[Body], state_changed: bool) {
+    let command = outputs.iter().rev().find(|b| {
+        matches!(
+            b,
+            Body::RequestConfirm(_)
+                | Body::DeleteConfirm(_)
+                | Body::ExpireConfirm(_)
+                | Body::ConfirmBooking(_)
+                | Body::CancelBooking(_)
+        )
+    });
+    if let Some(command) = command {
+        s.pending = Some(command.clone());
+        s.attempts = 1;
+        s.stuck = false;
+    } else if state_changed {
+        s.pending = None;
+        s.attempts = 0;
+        s.stuck = false;
+    }
 }
 
 /// Applies `env` to `saga` (None: no saga for this booking yet).
@@ -341,6 +475,8 @@ pub fn apply(saga: Option<&Saga>, env: &Envelope, policy: &Policy) -> Result<Tra
         }
     }
 
+    let moved = before != Some(s.state);
+    track_pending(&mut s, &outputs, moved);
     if before != Some(s.state) {
         outputs.push(Body::SagaStateChanged(SagaStateChanged {
             state: s.state.as_str().into(),

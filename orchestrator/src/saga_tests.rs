@@ -113,6 +113,9 @@ fn saga_in(state: SagaState, booking_cancelled: bool) -> Saga {
         version: 3,
         approval_deadline: Some(at(8)),
         expiry_requested: false,
+        pending: None,
+        attempts: 0,
+        stuck: false,
     }
 }
 
@@ -334,6 +337,7 @@ fn the_deadline_is_set_from_the_policy_but_never_after_the_start() {
     let created = env(1, created());
     let short = Policy {
         approval_timeout: chrono::Duration::minutes(5),
+        ..Policy::default()
     };
     let t = apply(None, &created, &short).unwrap();
     assert_eq!(
@@ -342,6 +346,7 @@ fn the_deadline_is_set_from_the_policy_but_never_after_the_start() {
     );
     let long = Policy {
         approval_timeout: chrono::Duration::days(100_000),
+        ..Policy::default()
     };
     let t = apply(None, &created, &long).unwrap();
     assert_eq!(
@@ -397,4 +402,113 @@ fn expiry_compensates_like_a_denial() {
     .unwrap();
     assert_eq!(s.state, SagaState::Compensated);
     assert!(s.outcome.unwrap().contains("deadline"));
+}
+
+#[test]
+fn each_command_sent_becomes_the_pending_one_until_its_reply_moves_the_saga() {
+    let policy = Policy::default();
+    let started = apply(None, &env(1, created()), &policy).unwrap().saga;
+    assert_eq!(
+        started.pending.as_ref().map(Body::type_name),
+        Some("RequestConfirm")
+    );
+    assert_eq!(started.attempts, 1);
+    let awaiting = apply(Some(&started), &env(1, requested()), &policy)
+        .unwrap()
+        .saga;
+    assert!(
+        awaiting.pending.is_none(),
+        "waiting for a person, not a reply"
+    );
+    let confirming = apply(
+        Some(&awaiting),
+        &env(2, Body::ConfirmCompleted(decided())),
+        &policy,
+    )
+    .unwrap()
+    .saga;
+    assert_eq!(
+        confirming.pending.as_ref().map(Body::type_name),
+        Some("ConfirmBooking")
+    );
+    // A message with no effect leaves the pending command alone.
+    let same = apply(Some(&confirming), &env(3, requested()), &policy)
+        .unwrap()
+        .saga;
+    assert_eq!(same.pending, confirming.pending);
+    let done = apply(
+        Some(&confirming),
+        &env(2, Body::BookingConfirmed(BookingConfirmed {})),
+        &policy,
+    )
+    .unwrap()
+    .saga;
+    assert!(done.pending.is_none());
+}
+
+#[test]
+fn an_unanswered_command_is_sent_again_until_the_saga_is_marked_stuck() {
+    let policy = Policy {
+        max_attempts: 3,
+        ..Policy::default()
+    };
+    let mut saga = apply(None, &env(1, created()), &policy).unwrap().saga;
+    for attempt in 2..=3 {
+        let t = on_retry_due(&saga, &policy).expect("retry due");
+        assert_eq!(commands(&t), vec!["RequestConfirm"]);
+        assert_eq!(t.saga.attempts, attempt);
+        saga = t.saga;
+    }
+    let t = on_retry_due(&saga, &policy).expect("gives up");
+    assert!(t.outputs.is_empty());
+    assert!(t.saga.stuck);
+    assert!(t.note.unwrap().contains("RequestConfirm"));
+    assert!(
+        on_retry_due(&t.saga, &policy).is_none(),
+        "a stuck saga waits for an admin"
+    );
+    // The admin's retry starts a fresh round.
+    let r = retry(&t.saga).unwrap();
+    assert_eq!(commands(&r), vec!["RequestConfirm"]);
+    assert!(!r.saga.stuck);
+    assert_eq!(r.saga.attempts, 1);
+}
+
+#[test]
+fn retries_back_off_exponentially_and_hold() {
+    let policy = Policy::default();
+    let t0 = at(9);
+    assert_eq!(policy.next_retry(t0, 1), t0 + policy.retry_after);
+    assert_eq!(policy.next_retry(t0, 2), t0 + policy.retry_after * 2);
+    assert_eq!(policy.next_retry(t0, 5), t0 + policy.retry_after * 16);
+    assert_eq!(policy.next_retry(t0, 9), t0 + policy.retry_after * 16);
+}
+
+#[test]
+fn an_admin_compensation_undoes_an_unsettled_saga_and_nothing_settled() {
+    for state in [
+        SagaState::Started,
+        SagaState::AwaitingApproval,
+        SagaState::Confirming,
+        SagaState::Completed,
+    ] {
+        let t = compensate(&saga_in(state, false)).unwrap();
+        assert_eq!(t.saga.state, SagaState::Compensating, "{}", state.as_str());
+        assert_eq!(commands(&t), vec!["CancelBooking"]);
+        assert_eq!(
+            t.saga.pending.as_ref().map(Body::type_name),
+            Some("CancelBooking")
+        );
+    }
+    for state in [SagaState::Compensated, SagaState::Cancelled] {
+        assert!(
+            compensate(&saga_in(state, false)).is_err(),
+            "{}",
+            state.as_str()
+        );
+    }
+    assert!(
+        retry(&saga_in(SagaState::AwaitingApproval, false)).is_err(),
+        "nothing pending"
+    );
 }

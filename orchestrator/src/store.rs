@@ -16,6 +16,8 @@ use crate::saga::{BookingInfo, Saga, SagaState};
 pub struct StoredSaga {
     pub saga: Saga,
     pub revision: i64,
+    /// When the pending command is sent again (None: nothing pending, or stuck).
+    pub next_retry_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub settled_at: Option<DateTime<Utc>>,
@@ -23,7 +25,8 @@ pub struct StoredSaga {
 
 const COLUMNS: &str = "booking_id, saga_id, state, booking_cancelled, room_id, booking_user_id, \
      start_ms, end_ms, confirm_id, outcome, booking_version, confirm_version, version, revision, \
-     created_at, updated_at, settled_at, deadline_ms, expiry_requested";
+     created_at, updated_at, settled_at, deadline_ms, expiry_requested, pending_command, attempts, \
+     next_retry_ms, stuck";
 
 fn uuid(r: &AnyRow, col: &str) -> Result<Uuid, sqlx::Error> {
     let s: String = r.try_get(col)?;
@@ -65,8 +68,18 @@ fn from_row(r: &AnyRow) -> Result<StoredSaga, sqlx::Error> {
             version: count("version")?,
             approval_deadline: r.try_get::<Option<i64>, _>("deadline_ms")?.map(from_millis),
             expiry_requested: r.try_get::<i64, _>("expiry_requested")? != 0,
+            pending: r
+                .try_get::<Option<String>, _>("pending_command")?
+                .map(|json| serde_json::from_str(&json))
+                .transpose()
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or_default(),
+            stuck: r.try_get::<i64, _>("stuck")? != 0,
         },
         revision: r.try_get("revision")?,
+        next_retry_at: r
+            .try_get::<Option<i64>, _>("next_retry_ms")?
+            .map(from_millis),
         created_at: from_millis(r.try_get("created_at")?),
         updated_at: from_millis(r.try_get("updated_at")?),
         settled_at: r.try_get::<Option<i64>, _>("settled_at")?.map(from_millis),
@@ -105,7 +118,12 @@ pub async fn save(
     tx: &mut Tx,
     saga: &Saga,
     previous_revision: Option<i64>,
+    next_retry_at: Option<DateTime<Utc>>,
 ) -> Result<bool, sqlx::Error> {
+    let pending = saga
+        .pending
+        .as_ref()
+        .map(|b| serde_json::to_string(b).expect("a message body always serialises"));
     let now = now_millis();
     let settled = saga.state.is_settled().then_some(now);
     let info = saga.booking.as_ref();
@@ -114,7 +132,8 @@ pub async fn save(
         None => {
             sqlx::query(&format!(
                 "INSERT INTO sagas ({COLUMNS}) VALUES \
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $14, $15, $16, $17) \
+                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $14, $15, $16, $17, \
+                  $18, $19, $20, $21) \
                  ON CONFLICT DO NOTHING"
             ))
             .bind(saga.booking_id.to_string())
@@ -134,6 +153,10 @@ pub async fn save(
             .bind(settled)
             .bind(saga.approval_deadline.map(to_millis))
             .bind(i64::from(saga.expiry_requested))
+            .bind(&pending)
+            .bind(i64::from(saga.attempts))
+            .bind(next_retry_at.map(to_millis))
+            .bind(i64::from(saga.stuck))
             .execute(&mut **tx)
             .await?
         }
@@ -141,7 +164,8 @@ pub async fn save(
             sqlx::query(
                 "UPDATE sagas SET state = $1, booking_cancelled = $2, confirm_id = $3, outcome = $4, \
                  booking_version = $5, confirm_version = $6, version = $7, revision = revision + 1, \
-                 updated_at = $8, settled_at = COALESCE($9, settled_at), expiry_requested = $12 \
+                 updated_at = $8, settled_at = COALESCE($9, settled_at), expiry_requested = $12, \
+                 pending_command = $13, attempts = $14, next_retry_ms = $15, stuck = $16 \
                  WHERE booking_id = $10 AND revision = $11",
             )
             .bind(saga.state.as_str())
@@ -156,6 +180,10 @@ pub async fn save(
             .bind(saga.booking_id.to_string())
             .bind(revision)
             .bind(i64::from(saga.expiry_requested))
+            .bind(&pending)
+            .bind(i64::from(saga.attempts))
+            .bind(next_retry_at.map(to_millis))
+            .bind(i64::from(saga.stuck))
             .execute(&mut **tx)
             .await?
         }
@@ -219,27 +247,55 @@ pub async fn timeline(db: &Db, booking_id: Uuid) -> Result<Vec<Step>, sqlx::Erro
     .collect()
 }
 
-/// Sagas in `state` (any if None), oldest update first, optionally only those not updated since
-/// `older_than`.
+/// Filters of `GET /sagas`.
+#[derive(Debug, Default)]
+pub struct SagaFilter {
+    pub state: Option<SagaState>,
+    /// Only sagas not updated since then.
+    pub older_than: Option<DateTime<Utc>>,
+    pub stuck: Option<bool>,
+}
+
+/// Sagas matching `f`, oldest update first.
 pub async fn list(
     db: &Db,
-    state: Option<SagaState>,
-    older_than: Option<DateTime<Utc>>,
+    f: &SagaFilter,
     limit: i64,
     offset: i64,
 ) -> Result<Vec<StoredSaga>, sqlx::Error> {
     sqlx::query(&format!(
         "SELECT {COLUMNS} FROM sagas WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR updated_at < $2) \
+           AND ($5 IS NULL OR stuck = $5) \
          ORDER BY updated_at, booking_id LIMIT $3 OFFSET $4"
     ))
-    .bind(state.map(SagaState::as_str))
-    .bind(older_than.map(to_millis))
+    .bind(f.state.map(SagaState::as_str))
+    .bind(f.older_than.map(to_millis))
     .bind(limit)
     .bind(offset)
+    .bind(f.stuck.map(i64::from))
     .fetch_all(&db.pool)
     .await?
     .iter()
     .map(from_row)
+    .collect()
+}
+
+/// Bookings whose saga's pending command is due to be sent again.
+pub async fn due_for_retry(
+    db: &Db,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query(
+        "SELECT booking_id FROM sagas WHERE stuck = 0 AND next_retry_ms <= $1 \
+         ORDER BY next_retry_ms LIMIT $2",
+    )
+    .bind(to_millis(now))
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?
+    .iter()
+    .map(|r| uuid(r, "booking_id"))
     .collect()
 }
 

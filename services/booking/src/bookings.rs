@@ -235,8 +235,10 @@ pub async fn on_confirm_command(
     if booking.status != BookingStatus::Booked {
         tracing::info!(
             status = booking.status.as_str(),
-            "ConfirmBooking ignored: booking is not BOOKED"
+            "ConfirmBooking changes nothing: booking is not BOOKED"
         );
+        // Nothing to change; answer with the latest fact in case the saga missed it.
+        outbox::reannounce_latest(tx, id).await?;
         return Ok(None);
     }
     let read_version = booking.version;
@@ -269,7 +271,9 @@ pub async fn on_cancel_command(
         .await?
         .ok_or(BookingError::NotFound(id))?;
     if booking.status == BookingStatus::Cancelled {
-        tracing::info!("CancelBooking ignored: booking is already cancelled");
+        // Nothing to do; answer with the cancel in case the saga missed it.
+        tracing::info!("CancelBooking changes nothing: booking is already cancelled");
+        outbox::reannounce_latest(tx, id).await?;
         return Ok(None);
     }
     apply_cancel(tx, booking, reason, detail, trace)

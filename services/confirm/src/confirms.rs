@@ -253,8 +253,10 @@ pub async fn on_request(
     if let Some(existing) = get_by_booking(&mut **tx, booking_id).await? {
         tracing::info!(
             closed = existing.closed,
-            "RequestConfirm ignored: a confirm already exists for this booking"
+            "RequestConfirm changes nothing: the confirm exists"
         );
+        // Nothing to change; answer with the latest fact in case the saga missed it.
+        outbox::reannounce_latest(tx, booking_id).await?;
         return Ok(());
     }
     let confirm = Confirm {
@@ -324,11 +326,13 @@ pub async fn on_expire(
 ) -> Result<(), sqlx::Error> {
     const EXPIRED: &str = "EXPIRED";
     let c = match get_by_booking(&mut **tx, booking_id).await? {
-        Some(c) if c.status != ConfirmStatus::Booked => {
+        Some(c) if c.status != ConfirmStatus::Booked || c.closed => {
             tracing::info!(
                 status = c.status.as_str(),
-                "ExpireConfirm ignored: decided in time"
+                closed = c.closed,
+                "ExpireConfirm changes nothing: decided in time or closed"
             );
+            outbox::reannounce_latest(tx, booking_id).await?;
             return Ok(());
         }
         Some(c) => c,

@@ -1,7 +1,12 @@
 //! The transactional outbox: a state change and the messages it implies are written in one
 //! database transaction ([`enqueue`]); the [`relay`] publishes them to JetStream afterwards,
-//! waits for each publish ack, and only then deletes them. A crash between publish and delete
-//! re-publishes with the same `Nats-Msg-Id`, which the server's duplicate window drops.
+//! waits for each publish ack, and only then marks them published. A crash between publish and
+//! mark re-publishes with the same `Nats-Msg-Id`, which the server's duplicate window drops.
+//!
+//! Published rows stay as the service's message log: [`reannounce_latest`] publishes a booking's
+//! latest event again (same envelope, so consumers that have it skip it; a new `Nats-Msg-Id`, so
+//! the server keeps it). Participants answer a repeated command that way, so a saga whose reply
+//! was lost on the way gets it again.
 
 use std::{sync::Arc, time::Duration};
 
@@ -41,22 +46,41 @@ impl OutboxSignal {
 pub async fn enqueue(tx: &mut Tx, env: &Envelope, trace: &TraceParent) -> Result<(), sqlx::Error> {
     let payload = String::from_utf8(env.to_json()).expect("JSON is UTF-8");
     sqlx::query(
-        "INSERT INTO outbox (message_id, subject, payload, traceparent, created_at) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO outbox (message_id, subject, payload, traceparent, created_at, booking_id) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(env.message_id.to_string())
     .bind(topology::subject_for(env))
     .bind(payload)
     .bind(trace.child().to_string())
     .bind(crate::time::now_millis())
+    .bind(env.booking_id.to_string())
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
+/// Publishes the latest event this service emitted about `booking_id` again, inside the
+/// caller's transaction. Returns false if it never emitted one.
+pub async fn reannounce_latest(tx: &mut Tx, booking_id: uuid::Uuid) -> Result<bool, sqlx::Error> {
+    let now = crate::time::now_millis();
+    let done = sqlx::query(&format!(
+        "INSERT INTO outbox (message_id, subject, payload, traceparent, created_at, booking_id, publish_id) \
+         SELECT message_id, subject, payload, traceparent, $2, booking_id, message_id || '.' || $3 \
+         FROM outbox WHERE booking_id = $1 AND subject LIKE '{}.%' ORDER BY id DESC LIMIT 1",
+        topology::EVENTS_PREFIX
+    ))
+    .bind(booking_id.to_string())
+    .bind(now)
+    .bind(now.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Rows still waiting to be published (for readiness details and metrics).
 pub async fn backlog(db: &Db) -> Result<i64, sqlx::Error> {
-    sqlx::query("SELECT COUNT(*) FROM outbox")
+    sqlx::query("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
         .fetch_one(&db.pool)
         .await?
         .try_get(0)
@@ -64,7 +88,8 @@ pub async fn backlog(db: &Db) -> Result<i64, sqlx::Error> {
 
 struct Row {
     id: i64,
-    message_id: String,
+    /// The `Nats-Msg-Id`: the message id, or a re-announcement's own id.
+    publish_id: String,
     subject: String,
     payload: String,
     traceparent: Option<String>,
@@ -105,7 +130,8 @@ pub async fn relay(
 /// Publishes one batch and deletes what the server acknowledged; returns how many were sent.
 async fn relay_batch(db: &Db, js: &jetstream::Context) -> anyhow::Result<usize> {
     let rows: Vec<Row> = sqlx::query(
-        "SELECT id, message_id, subject, payload, traceparent FROM outbox ORDER BY id LIMIT $1",
+        "SELECT id, COALESCE(publish_id, message_id), subject, payload, traceparent FROM outbox \
+         WHERE published_at IS NULL ORDER BY id LIMIT $1",
     )
     .bind(BATCH)
     .fetch_all(&db.pool)
@@ -114,7 +140,7 @@ async fn relay_batch(db: &Db, js: &jetstream::Context) -> anyhow::Result<usize> 
     .map(|r| {
         Ok(Row {
             id: r.try_get(0)?,
-            message_id: r.try_get(1)?,
+            publish_id: r.try_get(1)?,
             subject: r.try_get(2)?,
             payload: r.try_get(3)?,
             traceparent: r.try_get(4)?,
@@ -129,7 +155,7 @@ async fn relay_batch(db: &Db, js: &jetstream::Context) -> anyhow::Result<usize> 
     let mut pending = Vec::with_capacity(rows.len());
     for row in &rows {
         let mut headers = HeaderMap::new();
-        headers.insert(NATS_MESSAGE_ID, row.message_id.as_str());
+        headers.insert(NATS_MESSAGE_ID, row.publish_id.as_str());
         if let Some(tp) = &row.traceparent {
             headers.insert(trace::HEADER, tp.as_str());
         }

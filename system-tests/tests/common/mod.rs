@@ -110,7 +110,7 @@ impl Stack {
 
     pub async fn start_orchestrator(&mut self) {
         let config = orchestrator::Config {
-            deadline_check_interval: Duration::from_millis(20),
+            timer_interval: Duration::from_millis(20),
             clock: Arc::new(self.clock.clone()),
             ..orchestrator::Config::new(self.config(&self.orchestrator_db))
         };

@@ -1,0 +1,124 @@
+//! Commands whose reply never comes: the orchestrator sends them again with backoff (driven by
+//! the injectable clock), marks the saga stuck after the last attempt, and an admin can
+//! compensate it.
+
+mod common;
+
+use async_nats::jetstream;
+use chrono::Duration;
+use common::{future, Caller, Stack, WAIT};
+use platform::{
+    testkit::{eventually, TestBackend},
+    topology,
+};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+async fn commands_waiting(js: &jetstream::Context) -> u64 {
+    let stream = js.get_stream(topology::COMMANDS_STREAM).await.unwrap();
+    stream.get_info().await.unwrap().state.messages
+}
+
+async fn wait_attempts(stack: &Stack, id: &str, attempts: u64) -> Value {
+    eventually(&format!("attempt {attempts}"), WAIT, || async {
+        stack.saga(id).await.filter(|s| s["attempts"] == attempts)
+    })
+    .await
+}
+
+async fn a_lost_command_is_sent_again_and_the_saga_goes_on(backend: TestBackend) {
+    let mut stack = Stack::start(backend).await;
+    let js = stack.jetstream().await;
+    Stack::stop(&mut stack.confirm).await;
+    let id = stack.book("alice", 101, future(3, 9)).await;
+    let saga = stack.wait_saga(&id, "STARTED").await;
+    assert_eq!(saga["pendingCommand"], "RequestConfirm");
+    assert_eq!(saga["attempts"], 1);
+    // The request is lost on its way (dropped from the stream before anyone took it).
+    eventually("the command to be queued", WAIT, || async {
+        (commands_waiting(&js).await > 0).then_some(())
+    })
+    .await;
+    js.get_stream(topology::COMMANDS_STREAM)
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    stack.start_confirm().await;
+
+    stack.clock.advance(Duration::minutes(1));
+    let saga = stack.wait_saga(&id, "AWAITING_APPROVAL").await;
+    assert!(saga.get("pendingCommand").is_none(), "{saga}");
+    let timeline = saga["timeline"].as_array().unwrap();
+    assert!(
+        timeline
+            .iter()
+            .any(|s| s["direction"] == "timer" && s["type"] == "RetryDue"),
+        "{saga}"
+    );
+    stack.wait_confirm(&id).await;
+}
+
+async fn a_participant_that_never_answers_leaves_the_saga_stuck_until_an_admin_compensates(
+    backend: TestBackend,
+) {
+    let mut stack = Stack::start(backend).await;
+    Stack::stop(&mut stack.confirm).await;
+    let id = stack.book("alice", 102, future(3, 9)).await;
+    wait_attempts(&stack, &id, 1).await;
+    for attempt in 2..=6 {
+        stack.clock.advance(Duration::hours(1));
+        wait_attempts(&stack, &id, attempt).await;
+    }
+    stack.clock.advance(Duration::hours(1));
+    let saga = eventually("the saga to be marked stuck", WAIT, || async {
+        stack.saga(&id).await.filter(|s| s["stuck"] == true)
+    })
+    .await;
+    assert_eq!(saga["state"], "STARTED");
+    let (status, stuck) = stack
+        .send(
+            Method::GET,
+            format!("{}/sagas?stuck=true", stack.orchestrator_url),
+            Caller::Admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(stuck
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["bookingId"] == id.as_str()));
+
+    // Users may not, admins may compensate.
+    let url = format!("{}/sagas/{id}/compensate", stack.orchestrator_url);
+    let (status, _) = stack
+        .send(Method::POST, url.clone(), Caller::User("alice"), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = stack
+        .send(Method::POST, url.clone(), Caller::Admin, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "COMPENSATING");
+    assert_eq!(body["stuck"], false);
+    // The booking is cancelled at once; the confirm is closed when its service returns.
+    eventually("the booking to be cancelled", WAIT, || async {
+        (stack.booking(&id).await["status"] == "CANCELLED").then_some(())
+    })
+    .await;
+    stack.start_confirm().await;
+    stack.wait_saga(&id, "COMPENSATED").await;
+    stack.wait_quiet().await;
+    assert_eq!(stack.confirm_of(&id).await.unwrap()["closed"], true);
+    // A settled saga cannot be compensated again.
+    let (status, body) = stack.send(Method::POST, url, Caller::Admin, None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+}
+
+on_both_backends!(
+    a_lost_command_is_sent_again_and_the_saga_goes_on,
+    a_participant_that_never_answers_leaves_the_saga_stuck_until_an_admin_compensates,
+);
