@@ -122,6 +122,13 @@ pub async fn persist(
         };
         store::record_step(tx, saga.booking_id, &step).await?;
     }
+    if saga.state.is_settled() && !before.is_some_and(SagaState::is_settled) {
+        if let Some(s) = stored {
+            let took = (when.now - s.created_at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::histogram!("roombook_saga_duration_seconds", "state" => saga.state.as_str())
+                .record(took);
+        }
+    }
     if before != Some(saga.state) {
         tracing::info!(
             booking_id = %saga.booking_id,

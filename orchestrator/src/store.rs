@@ -317,3 +317,13 @@ pub async fn due_for_expiry(
     .map(|r| uuid(r, "booking_id"))
     .collect()
 }
+
+/// How many sagas are in each state.
+pub async fn count_by_state(db: &Db) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query("SELECT state, COUNT(*) FROM sagas GROUP BY state")
+        .fetch_all(&db.pool)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}

@@ -27,7 +27,12 @@ pub async fn run(
     interval: Duration,
     cancel: CancellationToken,
 ) {
+    let mut tick: u64 = 0;
     loop {
+        if tick % 5 == 0 {
+            publish_saga_counts(&db).await;
+        }
+        tick += 1;
         let now = clock.now();
         let when = Schedule {
             now,
@@ -129,5 +134,21 @@ async fn fire_one(
         // Another replica moved the saga first; whatever is still due is seen next tick.
         Err(HandleError::Retry(_)) => Ok(false),
         Err(HandleError::Park(reason)) => anyhow::bail!(reason),
+    }
+}
+
+/// Sets the `roombook_sagas{state}` gauges.
+async fn publish_saga_counts(db: &Db) {
+    match store::count_by_state(db).await {
+        Ok(counts) => {
+            for state in saga::SagaState::ALL {
+                let n = counts
+                    .iter()
+                    .find(|(s, _)| s == state.as_str())
+                    .map_or(0, |(_, n)| *n);
+                metrics::gauge!("roombook_sagas", "state" => state.as_str()).set(n as f64);
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "counting sagas failed"),
     }
 }

@@ -40,6 +40,7 @@ pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<
     };
     let router = http::with_common_layers(
         proxy::routes(&config, client).merge(http::health_routes(readiness)),
+        "gateway",
     );
     let (listener, addr) = http::bind(config.http_addr).await?;
     for service in Service::ALL {
@@ -83,5 +84,11 @@ impl Readiness for UpstreamsReady {
             (service.name(), ok)
         });
         futures::future::join_all(checks).await
+    }
+
+    /// Upstreams are reported, not required: one service being down must not take the gateway
+    /// (and every other route) out of service; its own routes answer 503 instead.
+    fn required(&self, _check: &str) -> bool {
+        false
     }
 }

@@ -23,6 +23,7 @@ use tracing::Instrument as _;
 use crate::{
     contract::Envelope,
     db::{self, Db, Tx},
+    metrics,
     outbox::OutboxSignal,
     topology::{self, ConsumerSpec},
     trace::{self, TraceParent},
@@ -122,6 +123,15 @@ async fn process<H: Handler>(
         Ok(info) => (info.delivered, info.stream_sequence),
         Err(_) => (1, 0),
     };
+    let kind = msg
+        .subject
+        .rsplit('.')
+        .next()
+        .unwrap_or("unknown")
+        .to_string();
+    if delivered > 1 {
+        metrics::redelivered(spec.durable, &kind);
+    }
     if delivered > topology::MAX_ATTEMPTS {
         park(js, spec, &msg, stream_seq, "delivery attempts exhausted").await;
         return;
@@ -165,8 +175,10 @@ async fn process<H: Handler>(
             Ok(applied) => {
                 if applied {
                     outbox.notify();
+                    metrics::consumed(spec.durable, &kind, "applied");
                 } else {
                     tracing::debug!("duplicate delivery, already applied");
+                    metrics::consumed(spec.durable, &kind, "duplicate");
                 }
                 if let Err(e) = msg.ack().await {
                     // The server will redeliver; the recorded message id makes that a no-op.
@@ -178,6 +190,7 @@ async fn process<H: Handler>(
                 park(js, spec, &msg, stream_seq, &format!("{e:#}")).await;
             }
             Err(HandleError::Retry(e)) => {
+                metrics::consumed(spec.durable, &kind, "retried");
                 let delay = topology::redelivery_delay(delivered);
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "handler failed, will retry");
                 let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
@@ -216,6 +229,7 @@ async fn park(
     reason: &str,
 ) {
     tracing::error!(consumer = spec.durable, subject = %msg.subject, reason, "parking message in the dead-letter stream");
+    metrics::dead_lettered(spec.durable);
     let mut headers = HeaderMap::new();
     headers.insert(
         NATS_MESSAGE_ID,

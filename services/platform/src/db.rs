@@ -16,6 +16,12 @@ use sqlx::{
 
 pub type Tx = sqlx::Transaction<'static, Any>;
 
+/// Connections each service process keeps to PostgreSQL (the deployment's `max_connections`
+/// budget counts on it).
+pub const POSTGRES_POOL_SIZE: u32 = 10;
+/// Connections to a SQLite file: readers run beside the one writer (WAL).
+pub const SQLITE_POOL_SIZE: u32 = 4;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -45,6 +51,13 @@ pub struct Db {
 impl Db {
     /// Connects (creating the SQLite file and its folder if needed) and migrates.
     pub async fn connect(url: &str, migrations: Migrations) -> anyhow::Result<Db> {
+        let db = Db::open(url).await?;
+        db.migrate(migrations).await?;
+        Ok(db)
+    }
+
+    /// Connects (creating the SQLite file and its folder if needed), without migrating.
+    pub async fn open(url: &str) -> anyhow::Result<Db> {
         static DRIVERS: Once = Once::new();
         DRIVERS.call_once(sqlx::any::install_default_drivers);
 
@@ -72,7 +85,7 @@ impl Db {
         let pool = match backend {
             Backend::Sqlite => {
                 AnyPoolOptions::new()
-                    .max_connections(4)
+                    .max_connections(SQLITE_POOL_SIZE)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             // WAL lets readers run beside the one writer; the busy timeout makes
@@ -90,7 +103,7 @@ impl Db {
             }
             Backend::Postgres => {
                 AnyPoolOptions::new()
-                    .max_connections(10)
+                    .max_connections(POSTGRES_POOL_SIZE)
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_with(options)
                     .await
@@ -98,12 +111,11 @@ impl Db {
         }
         .context("connecting to the database")?;
 
-        let db = Db { pool, backend };
-        db.migrate(migrations).await?;
-        Ok(db)
+        Ok(Db { pool, backend })
     }
 
-    async fn migrate(&self, migrations: Migrations) -> anyhow::Result<()> {
+    /// Runs the messaging migrations and the service's own.
+    pub async fn migrate(&self, migrations: Migrations) -> anyhow::Result<()> {
         let mut messaging = messaging_migrations(self.backend);
         let mut own = match self.backend {
             Backend::Sqlite => migrations.sqlite,

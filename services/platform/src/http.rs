@@ -260,11 +260,16 @@ pub async fn not_found_fallback() -> Problem {
     Problem::not_found("no such route")
 }
 
-/// Wraps a service's routes with the layers every service has: request id, trace, timeout, the
-/// JSON 404 fallback.
-pub fn with_common_layers(router: Router) -> Router {
+/// Wraps a service's routes with what every service has: `/metrics`, request metrics, request
+/// id, trace, timeout, the JSON 404 fallback.
+pub fn with_common_layers(router: Router, service: &'static str) -> Router {
+    crate::metrics::handle();
     router
+        .route("/metrics", get(crate::metrics::render))
         .fallback(not_found_fallback)
+        .layer(axum::middleware::from_fn(move |req, next| {
+            crate::metrics::track_http(service, req, next)
+        }))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(30),
@@ -287,6 +292,11 @@ pub fn with_common_layers(router: Router) -> Router {
 pub trait Readiness: Clone + Send + Sync + 'static {
     /// Named checks and whether each passed.
     fn checks(&self) -> impl std::future::Future<Output = Vec<(&'static str, bool)>> + Send;
+
+    /// Whether a failing check makes the service unready (else it is only reported).
+    fn required(&self, _check: &str) -> bool {
+        true
+    }
 }
 
 /// `/healthz` (the process is alive) and `/readyz` (its dependencies answer).
@@ -299,7 +309,7 @@ pub fn health_routes<R: Readiness>(readiness: R) -> Router {
                 let readiness = readiness.clone();
                 async move {
                     let checks = readiness.checks().await;
-                    let ready = checks.iter().all(|(_, ok)| *ok);
+                    let ready = checks.iter().all(|(name, ok)| *ok || !readiness.required(name));
                     let details: serde_json::Map<String, Value> = checks
                         .into_iter()
                         .map(|(name, ok)| (name.to_string(), json!(if ok { "ok" } else { "failing" })))

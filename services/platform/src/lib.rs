@@ -12,6 +12,7 @@ pub mod consumer;
 pub mod contract;
 pub mod db;
 pub mod http;
+pub mod metrics;
 pub mod outbox;
 pub mod runtime;
 pub mod shutdown;

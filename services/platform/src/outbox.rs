@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     contract::Envelope,
     db::{Db, Tx},
-    topology,
+    metrics, topology,
     trace::{self, TraceParent},
 };
 
@@ -97,6 +97,7 @@ struct Row {
 
 /// Publishes the outbox until `cancel` fires; the batch in hand is finished first.
 pub async fn relay(
+    service: &'static str,
     db: Db,
     js: jetstream::Context,
     signal: OutboxSignal,
@@ -104,16 +105,22 @@ pub async fn relay(
 ) {
     let mut failures = 0u32;
     loop {
-        match relay_batch(&db, &js).await {
+        match relay_batch(service, &db, &js).await {
             Ok(0) => {
                 failures = 0;
+                metrics::outbox_backlog(service, 0);
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     () = signal.0.notified() => {}
                     () = tokio::time::sleep(POLL) => {}
                 }
             }
-            Ok(_) => failures = 0,
+            Ok(_) => {
+                failures = 0;
+                if let Ok(rows) = backlog(&db).await {
+                    metrics::outbox_backlog(service, rows);
+                }
+            }
             Err(e) => {
                 failures += 1;
                 let delay = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
@@ -128,7 +135,11 @@ pub async fn relay(
 }
 
 /// Publishes one batch and deletes what the server acknowledged; returns how many were sent.
-async fn relay_batch(db: &Db, js: &jetstream::Context) -> anyhow::Result<usize> {
+async fn relay_batch(
+    service: &'static str,
+    db: &Db,
+    js: &jetstream::Context,
+) -> anyhow::Result<usize> {
     let rows: Vec<Row> = sqlx::query(
         "SELECT id, COALESCE(publish_id, message_id), subject, payload, traceparent FROM outbox \
          WHERE published_at IS NULL ORDER BY id LIMIT $1",
@@ -171,7 +182,10 @@ async fn relay_batch(db: &Db, js: &jetstream::Context) -> anyhow::Result<usize> 
     let mut first_error = None;
     for (row, ack) in rows.iter().zip(pending) {
         match ack.await {
-            Ok(_) => acked.push(row.id),
+            Ok(_) => {
+                acked.push(row.id);
+                metrics::published(service, row.subject.rsplit('.').next().unwrap_or("unknown"));
+            }
             Err(e) => {
                 first_error.get_or_insert(e);
             }

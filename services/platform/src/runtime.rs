@@ -38,9 +38,9 @@ impl Runtime {
         migrations: Migrations,
         cancel: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let db = Db::connect(&config.database_url, migrations)
-            .await
-            .with_context(|| format!("{name}: database"))?;
+        // Install the metrics recorder before anything is counted.
+        crate::metrics::handle();
+        let db = connect_db(name, &config.database_url, migrations).await?;
         let nats = connect_nats(name, &config.nats_url).await?;
         let js = jetstream::new(nats.clone());
         topology::ensure_streams(&js, config.stream_replicas).await?;
@@ -54,6 +54,7 @@ impl Runtime {
             tasks: TaskTracker::new(),
         };
         runtime.tasks.spawn(outbox::relay(
+            name,
             runtime.db.clone(),
             runtime.js.clone(),
             runtime.outbox.clone(),
@@ -85,7 +86,8 @@ impl Runtime {
             db: self.db.clone(),
             nats: self.nats.clone(),
         };
-        let router = http::with_common_layers(routes.merge(http::health_routes(readiness)));
+        let router =
+            http::with_common_layers(routes.merge(http::health_routes(readiness)), self.name);
         let (listener, addr) = http::bind(addr).await?;
         tracing::info!(service = self.name, %addr, "listening");
         let cancel = self.cancel.clone();
@@ -122,6 +124,37 @@ impl Readiness for RuntimeReadiness {
         );
         vec![("database", self.db.ping().await), ("nats", nats)]
     }
+}
+
+/// Connects to the database, retrying for a while so services may start before it is up
+/// (as they do in a cluster starting cold), then migrates it.
+async fn connect_db(name: &str, url: &str, migrations: Migrations) -> anyhow::Result<Db> {
+    let mut attempt = 0u32;
+    let db = loop {
+        match Db::open(url).await {
+            Ok(db) => break db,
+            Err(e) if attempt < 30 && is_unreachable(&e) => {
+                attempt += 1;
+                tracing::warn!(service = name, error = %format!("{e:#}"), attempt, "waiting for the database");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.context(format!("{name}: database"))),
+        }
+    };
+    db.migrate(migrations)
+        .await
+        .with_context(|| format!("{name}: migrating the database"))?;
+    Ok(db)
+}
+
+/// True when the database could not be reached at all (as opposed to refusing what we asked).
+fn is_unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)
+        )
+    })
 }
 
 /// Connects to NATS, retrying for a while so services may start before the server does; once

@@ -144,7 +144,7 @@ async fn health_probes_need_no_token_and_readyz_checks_the_upstreams() {
 }
 
 #[tokio::test]
-async fn readyz_fails_while_an_upstream_is_down() {
+async fn readyz_reports_a_down_upstream_but_stays_ready() {
     let booking = spawn_echo("booking").await;
     let app = spawn_app(
         Config::for_test(SECRET)
@@ -152,8 +152,9 @@ async fn readyz_fails_while_an_upstream_is_down() {
             .with_upstream(Service::Confirm, &crate::helpers::dead_url()),
     )
     .await;
+    // One service down must not take the whole API out of rotation: its routes answer 503.
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.status(), 200);
     let body: Value = ready.json().await.unwrap();
     assert_eq!(
         body["checks"],

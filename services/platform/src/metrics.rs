@@ -1,0 +1,92 @@
+//! Prometheus metrics for every service, served at `/metrics`.
+//!
+//! | metric | labels | what |
+//! |---|---|---|
+//! | `roombook_http_requests_total` | service, method, route, status | requests answered |
+//! | `roombook_http_request_duration_seconds` | service, method, route | latency histogram |
+//! | `roombook_messages_consumed_total` | consumer, type, outcome (applied, duplicate, retried, parked) | deliveries handled |
+//! | `roombook_messages_redelivered_total` | consumer, type | deliveries after the first |
+//! | `roombook_messages_dead_lettered_total` | consumer | messages parked |
+//! | `roombook_messages_published_total` | service, type | outbox rows acknowledged by JetStream |
+//! | `roombook_outbox_backlog` | service | outbox rows not yet published |
+//! | `roombook_sagas` | state | sagas per state (orchestrator) |
+//! | `roombook_saga_duration_seconds` | state | booking to settled state (orchestrator) |
+//!
+//! Labels carry message types, never booking ids, so the series stay few.
+
+use std::{sync::OnceLock, time::Instant};
+
+use axum::{
+    extract::{MatchedPath, Request},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// The process-wide registry (installed on first use; one per process, shared by the services a
+/// test runs in-process).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Suffix("_seconds".into()),
+                &[
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    60.0, 600.0, 3600.0, 86400.0,
+                ],
+            )
+            .expect("valid buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed");
+        }
+        handle
+    })
+}
+
+/// `GET /metrics` in the Prometheus text format.
+pub async fn render() -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        handle().render(),
+    )
+        .into_response()
+}
+
+/// Middleware counting and timing every request by its route template (not its raw path).
+pub async fn track_http(service: &'static str, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("roombook_http_requests_total", "service" => service, "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("roombook_http_request_duration_seconds", "service" => service, "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+pub fn consumed(consumer: &'static str, kind: &str, outcome: &'static str) {
+    metrics::counter!("roombook_messages_consumed_total", "consumer" => consumer, "type" => kind.to_string(), "outcome" => outcome).increment(1);
+}
+
+pub fn redelivered(consumer: &'static str, kind: &str) {
+    metrics::counter!("roombook_messages_redelivered_total", "consumer" => consumer, "type" => kind.to_string()).increment(1);
+}
+
+pub fn dead_lettered(consumer: &'static str) {
+    metrics::counter!("roombook_messages_dead_lettered_total", "consumer" => consumer).increment(1);
+}
+
+pub fn published(service: &'static str, kind: &str) {
+    metrics::counter!("roombook_messages_published_total", "service" => service, "type" => kind.to_string()).increment(1);
+}
+
+pub fn outbox_backlog(service: &'static str, rows: i64) {
+    metrics::gauge!("roombook_outbox_backlog", "service" => service).set(rows as f64);
+}
