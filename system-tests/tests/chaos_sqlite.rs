@@ -10,6 +10,7 @@ async fn sagas_survive_killed_services_and_a_broker_restart_on_sqlite() {
     chaos::run(chaos::Settings {
         sagas: 300,
         orchestrators: 1,
+        participants: 1,
         database_url: Box::new(move |service| format!("sqlite://{}/{service}.db", path.display())),
     })
     .await;

@@ -285,7 +285,17 @@ async fn create_room(
         ));
     }
     let room = Room { id, name, capacity };
-    store::insert_room(&mut *tx, &room).await?;
+    match store::insert_room(&mut *tx, &room).await {
+        Ok(()) => {}
+        // Another admin created the same id a moment ago.
+        Err(e) if platform::db::is_conflict(&e) => {
+            return Err(Problem::conflict(
+                "room-exists",
+                format!("room {id} already exists"),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    }
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(room)).into_response())
 }

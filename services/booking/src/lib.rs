@@ -79,7 +79,7 @@ async fn seed_sample_rooms(rt: &Runtime) -> anyhow::Result<()> {
             (103, "Matterhorn", 12),
             (201, "Fuji", 20),
         ] {
-            store::insert_room(
+            store::insert_room_if_absent(
                 &mut *tx,
                 &Room {
                     id,

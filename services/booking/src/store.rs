@@ -255,6 +255,24 @@ pub async fn insert_room<'c, E: Executor<'c, Database = Any>>(
     Ok(())
 }
 
+/// Inserts the room unless one with its id exists (replicas starting together seed the same rooms).
+pub async fn insert_room_if_absent<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+    room: &Room,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO rooms (id, name, capacity, created_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(room.id)
+    .bind(&room.name)
+    .bind(room.capacity)
+    .bind(platform::time::now_millis())
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 pub async fn count_rooms<'c, E: Executor<'c, Database = Any>>(db: E) -> Result<i64, sqlx::Error> {
     sqlx::query("SELECT COUNT(*) FROM rooms")
         .fetch_one(db)

@@ -130,22 +130,26 @@ struct Outcome {
 pub struct Settings {
     pub sagas: usize,
     pub orchestrators: usize,
+    /// Replicas of booking and of confirm (sharing their durable consumers and databases).
+    pub participants: usize,
     /// Database URL per service name (a fresh one per orchestrator is not wanted: replicas share).
     pub database_url: Box<dyn Fn(&str) -> String>,
 }
 
 struct Cluster {
     nats: NatsServer,
-    booking: Proc,
-    confirm: Proc,
+    bookings: Vec<Proc>,
+    confirms: Vec<Proc>,
     orchestrators: Vec<Proc>,
 }
 
 impl Cluster {
     fn all(&mut self) -> Vec<&mut Proc> {
-        let mut v = vec![&mut self.booking, &mut self.confirm];
-        v.extend(self.orchestrators.iter_mut());
-        v
+        self.bookings
+            .iter_mut()
+            .chain(self.confirms.iter_mut())
+            .chain(self.orchestrators.iter_mut())
+            .collect()
     }
 }
 
@@ -161,7 +165,10 @@ pub async fn run(settings: Settings) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(settings.sagas);
-    println!("chaos: seed {seed} (replay with ROOMBOOK_CHAOS_SEED={seed}), {sagas} sagas, {} orchestrator(s)", settings.orchestrators);
+    println!(
+        "chaos: seed {seed} (replay with ROOMBOOK_CHAOS_SEED={seed}), {sagas} sagas, {} orchestrator(s), {} of booking and confirm each",
+        settings.orchestrators, settings.participants
+    );
 
     let dir = tempfile::tempdir().expect("temp dir");
     let nats = NatsServer::start();
@@ -178,19 +185,22 @@ pub async fn run(settings: Settings) {
             ("COMMAND_MAX_ATTEMPTS".to_string(), "60".to_string()),
         ]
     };
-    let mut cluster = Cluster {
-        booking: Proc::new("booking", "roombook-booking", dir.path(), common("booking")),
-        confirm: Proc::new("confirm", "roombook-confirm", dir.path(), common("confirm")),
-        orchestrators: (0..settings.orchestrators)
+    let replicas = |service: &str, n: usize| -> Vec<Proc> {
+        (0..n)
             .map(|i| {
                 Proc::new(
-                    &format!("orchestrator-{i}"),
-                    "roombook-orchestrator",
+                    &format!("{service}-{i}"),
+                    &format!("roombook-{service}"),
                     dir.path(),
-                    common("orchestrator"),
+                    common(service),
                 )
             })
-            .collect(),
+            .collect()
+    };
+    let mut cluster = Cluster {
+        bookings: replicas("booking", settings.participants),
+        confirms: replicas("confirm", settings.participants),
+        orchestrators: replicas("orchestrator", settings.orchestrators),
         nats,
     };
     for p in cluster.all() {
@@ -214,8 +224,8 @@ pub async fn run(settings: Settings) {
         .await;
     }
     let urls = Urls {
-        booking: cluster.booking.url.clone(),
-        confirm: cluster.confirm.url.clone(),
+        bookings: cluster.bookings.iter().map(|p| p.url.clone()).collect(),
+        confirms: cluster.confirms.iter().map(|p| p.url.clone()).collect(),
         orchestrator: cluster.orchestrators[0].url.clone(),
     };
 
@@ -280,8 +290,10 @@ pub async fn run(settings: Settings) {
     let result = check(&driver, &urls, &expected, &settled).await;
     if let Err(problems) = result {
         let c = cluster.lock().await;
-        for p in [&c.booking, &c.confirm]
-            .into_iter()
+        for p in c
+            .bookings
+            .iter()
+            .chain(c.confirms.iter())
             .chain(c.orchestrators.iter())
         {
             eprintln!("--- {} log tail ---\n{}", p.name, p.log_tail());
@@ -300,9 +312,20 @@ pub async fn run(settings: Settings) {
 
 #[derive(Clone)]
 struct Urls {
-    booking: String,
-    confirm: String,
+    bookings: Vec<String>,
+    confirms: Vec<String>,
     orchestrator: String,
+}
+
+impl Urls {
+    /// Spreads the sagas over the replicas.
+    fn booking(&self, i: usize) -> &str {
+        &self.bookings[i % self.bookings.len()]
+    }
+
+    fn confirm(&self, i: usize) -> &str {
+        &self.confirms[i % self.confirms.len()]
+    }
 }
 
 struct Driver {
@@ -385,7 +408,7 @@ impl Driver {
         let (status, booking) = self
             .call(
                 Method::POST,
-                &format!("{}/bookings", self.urls.booking),
+                &format!("{}/bookings", self.urls.booking(i)),
                 &user,
                 Some(body),
                 Some(&key),
@@ -402,7 +425,7 @@ impl Driver {
         }
         let confirm_url = format!(
             "{}/confirms?bookingId={id}&includeClosed=true",
-            self.urls.confirm
+            self.urls.confirm(i + 1)
         );
         let confirm = eventually(
             &format!("saga {i}: the confirm"),
@@ -423,7 +446,7 @@ impl Driver {
                 };
                 self.call(
                     Method::PATCH,
-                    &format!("{}/confirms/{confirm_id}", self.urls.confirm),
+                    &format!("{}/confirms/{confirm_id}", self.urls.confirm(i)),
                     "admin",
                     Some(json!({"status": decision})),
                     None,
@@ -433,7 +456,7 @@ impl Driver {
             Action::Cancel => {
                 self.call(
                     Method::DELETE,
-                    &format!("{}/bookings/{id}", self.urls.booking),
+                    &format!("{}/bookings/{id}", self.urls.booking(i + 1)),
                     &user,
                     None,
                     None,
@@ -494,13 +517,13 @@ async fn check(
 ) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
     let bookings = driver
-        .get(&format!("{}/bookings?limit=1000", urls.booking))
+        .get(&format!("{}/bookings?limit=1000", urls.booking(0)))
         .await
         .expect("bookings");
     let confirms = driver
         .get(&format!(
             "{}/confirms?includeClosed=true&limit=1000",
-            urls.confirm
+            urls.confirm(0)
         ))
         .await
         .expect("confirms");

@@ -1,11 +1,11 @@
-//! Fault injection with two orchestrator replicas sharing one durable consumer and one
-//! PostgreSQL database: 300 sagas while services are SIGKILLed and restarted and nats-server
+//! Fault injection with two replicas of the orchestrator, booking and confirm, each pair sharing
+//! one durable consumer and one PostgreSQL database: 300 sagas while services are SIGKILLed and restarted and nats-server
 //! restarts once; every invariant must hold afterwards.
 
 mod chaos;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_orchestrator_replicas_keep_every_saga_correct_under_faults_on_postgres() {
+async fn two_replicas_of_every_service_keep_every_saga_correct_under_faults_on_postgres() {
     let mut urls = std::collections::HashMap::new();
     for service in ["booking", "confirm", "orchestrator"] {
         urls.insert(
@@ -16,6 +16,7 @@ async fn two_orchestrator_replicas_keep_every_saga_correct_under_faults_on_postg
     chaos::run(chaos::Settings {
         sagas: 300,
         orchestrators: 2,
+        participants: 2,
         database_url: Box::new(move |service| urls[service].clone()),
     })
     .await;
