@@ -1,0 +1,210 @@
+//! The HTTP API of the booking list (reached through the gateway, which sets the identity
+//! headers). Users see their own rows, admins see all.
+//!
+//! | call | who | answer |
+//! |---|---|---|
+//! | `GET /bookingLists?bookingUserId&roomId&bookingStatus&confirmStatus&from&to&sort&page&size` | user / admin | `{items, page, size, total, totalPages, sort}` |
+//! | `GET /bookingLists/{bookingId}` | owner / admin | the row |
+//! | `GET /bookingLists/stream?bookingUserId&roomId` | user / admin | SSE: `ready`, then `bookingList` events (a row each, `id` = change number) |
+//! | `POST /bookingLists/rebuild` | admin | 202 and the rebuild's status; 409 while one runs |
+//! | `GET /bookingLists/rebuild` | admin | the latest rebuild's status |
+//! | `GET /bookingLists/lag` | anyone | the projection's position against the event stream |
+
+use std::{convert::Infallible, time::Duration};
+
+use async_nats::jetstream;
+use axum::{
+    extract::{rejection::QueryRejection, Path, Query, State},
+    http::{HeaderMap, StatusCode},
+    response::{
+        sse::{Event, KeepAlive, Sse},
+        IntoResponse, Response,
+    },
+    routing::get,
+    Json, Router,
+};
+use futures::StreamExt as _;
+use platform::{
+    db::Db,
+    http::{Identity, Problem},
+};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    feed::{Feed, FeedItem},
+    lag,
+    query::{BadParameter, FeedFilter, ListQuery},
+    rebuild::{self, BeginError, Rebuild},
+    store,
+};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub js: jetstream::Context,
+    pub feed: Feed,
+    /// Hands begun rebuilds to the worker that replays them.
+    pub rebuilds: mpsc::Sender<Rebuild>,
+    /// Cancelled when the service stops: ends the live feeds, so shutdown need not wait on them.
+    pub cancel: CancellationToken,
+}
+
+pub fn routes(state: AppState) -> Router {
+    Router::new()
+        .route("/bookingLists", get(list))
+        .route("/bookingLists/stream", get(stream))
+        .route("/bookingLists/lag", get(lag))
+        .route(
+            "/bookingLists/rebuild",
+            get(rebuild_status).post(start_rebuild),
+        )
+        .route("/bookingLists/{booking_id}", get(get_one))
+        .with_state(state)
+}
+
+type Pairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+fn pairs(query: Pairs) -> Result<Vec<(String, String)>, Problem> {
+    query
+        .map(|Query(p)| p)
+        .map_err(|e| Problem::bad_request(e.body_text()))
+}
+
+impl From<BadParameter> for Problem {
+    fn from(e: BadParameter) -> Self {
+        Problem::bad_request(e.detail).with_extra(json!({
+            "parameter": e.parameter,
+            "allowed": e.allowed,
+        }))
+    }
+}
+
+/// Holds a non-admin to their own rows: no user filter means "mine", another user's is refused.
+fn own_rows(who: &Identity, requested: Option<String>) -> Result<Option<String>, Problem> {
+    if who.is_admin() {
+        return Ok(requested);
+    }
+    match requested {
+        Some(u) if u != who.user_id => Err(Problem::forbidden(
+            "you can only see your own bookings; drop bookingUserId or use your own id",
+        )),
+        _ => Ok(Some(who.user_id.clone())),
+    }
+}
+
+async fn list(
+    State(state): State<AppState>,
+    who: Identity,
+    query: Pairs,
+) -> Result<Response, Problem> {
+    let mut q = ListQuery::parse(&pairs(query)?)?;
+    q.filter.user = own_rows(&who, q.filter.user.take())?;
+    let table = store::active_table(&state.db.pool).await?;
+    let (items, total) = store::list(&state.db.pool, table, &q).await?;
+    let size = i64::from(q.page.size);
+    Ok(Json(json!({
+        "items": items,
+        "page": q.page.number,
+        "size": q.page.size,
+        "total": total,
+        "totalPages": (total + size - 1) / size,
+        "sort": q.sort.as_string(),
+    }))
+    .into_response())
+}
+
+async fn get_one(
+    State(state): State<AppState>,
+    who: Identity,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let not_found = || Problem::not_found(format!("booking {id} is not in the list"));
+    let booking_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let table = store::active_table(&state.db.pool).await?;
+    let row = store::get(&state.db.pool, table, booking_id)
+        .await?
+        .filter(|r| who.is_admin() || r.booking_user_id.as_deref() == Some(who.user_id.as_str()))
+        .ok_or_else(not_found)?;
+    Ok(Json(row).into_response())
+}
+
+async fn stream(
+    State(state): State<AppState>,
+    who: Identity,
+    headers: HeaderMap,
+    query: Pairs,
+) -> Result<Response, Problem> {
+    let mut filter = FeedFilter::parse(&pairs(query)?)?;
+    filter.user = own_rows(&who, filter.user.take())?;
+    let resume_after = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| Problem::bad_request("Last-Event-ID must be an id this feed sent"))
+        })
+        .transpose()?;
+    let events = state
+        .feed
+        .subscribe(filter, resume_after, state.cancel.clone())
+        .map(|item| {
+            let event = match item {
+                FeedItem::Ready { position } => Event::default()
+                    .event("ready")
+                    .id(position.to_string())
+                    .retry(Duration::from_secs(3))
+                    .data(json!({ "position": position }).to_string()),
+                FeedItem::Change(change) => Event::default()
+                    .event("bookingList")
+                    .id(change.seq.to_string())
+                    .data(serde_json::to_string(&change.row).expect("a row serialises")),
+            };
+            Ok::<_, Infallible>(event)
+        });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+async fn lag(State(state): State<AppState>) -> Result<Response, Problem> {
+    let lag = lag::measure(&state.js).await.map_err(|e| {
+        tracing::warn!(error = %format!("{e:#}"), "cannot measure the projection lag");
+        Problem::unavailable("the event stream cannot be reached; try again shortly", 2)
+    })?;
+    let rebuild = rebuild::status(&state.db).await?;
+    let mut body = serde_json::to_value(lag).expect("lag serialises");
+    body["rebuilding"] = json!(rebuild.is_running());
+    body["generation"] = json!(rebuild.generation);
+    Ok(Json(body).into_response())
+}
+
+async fn rebuild_status(State(state): State<AppState>, who: Identity) -> Result<Response, Problem> {
+    who.require_admin()?;
+    Ok(Json(rebuild::status(&state.db).await?).into_response())
+}
+
+async fn start_rebuild(State(state): State<AppState>, who: Identity) -> Result<Response, Problem> {
+    who.require_admin()?;
+    let (rebuild, status) = match rebuild::begin(&state.db).await {
+        Ok(begun) => begun,
+        Err(BeginError::AlreadyRunning(status)) => {
+            return Err(Problem::conflict(
+                "rebuild-running",
+                "a rebuild is already running; its status is at GET /bookingLists/rebuild",
+            )
+            .with_extra(json!({ "rebuild": status })));
+        }
+        Err(BeginError::Database(e)) => return Err(e.into()),
+    };
+    tracing::info!(rebuild_id = %rebuild.id, by = %who.user_id, "rebuild requested");
+    if state.rebuilds.send(rebuild.clone()).await.is_err() {
+        rebuild::fail(&state.db, &rebuild, "the service is stopping").await?;
+        return Err(Problem::unavailable("the service is stopping", 5));
+    }
+    Ok((StatusCode::ACCEPTED, Json(status)).into_response())
+}

@@ -1,0 +1,296 @@
+//! The list's storage on SQLite and PostgreSQL, without a bus: live writes, queries, and the
+//! rebuild's begin / replay / swap steps, checking that the old view serves until the swap.
+
+use chrono::{DateTime, Duration, TimeZone as _, Utc};
+use platform::{
+    contract::*,
+    db::Db,
+    testkit::{TestBackend, TestDatabases},
+};
+use roombook_bookinglist::{
+    projection::BookingStatus,
+    query::{FeedFilter, ListQuery},
+    rebuild::{self, BeginError},
+    store,
+};
+use uuid::Uuid;
+
+async fn database(backend: TestBackend) -> (TestDatabases, Db) {
+    platform::telemetry::init_for_tests();
+    let dbs = TestDatabases::new(backend);
+    let url = dbs.create("bookinglist").await;
+    let db = Db::connect(&url, roombook_bookinglist::migrations())
+        .await
+        .expect("database connects and migrates");
+    (dbs, db)
+}
+
+fn t(hour: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 6, 1, hour, 0, 0).unwrap()
+}
+
+fn created(booking: Uuid, user: &str, room: RoomId, hour: u32) -> Envelope {
+    let mut e = Envelope::new(
+        booking,
+        booking,
+        1,
+        Body::BookingCreated(BookingCreated {
+            room_id: room,
+            booking_user_id: user.into(),
+            booking_user_email: None,
+            use_start_dtm: t(hour),
+            use_end_dtm: t(hour + 1),
+        }),
+    );
+    e.occurred_at = t(0) + Duration::minutes(i64::from(hour));
+    e
+}
+
+fn confirmed(booking: Uuid) -> Envelope {
+    Envelope::new(
+        booking,
+        booking,
+        2,
+        Body::BookingConfirmed(BookingConfirmed {}),
+    )
+}
+
+/// Applies an event as the live consumer does.
+async fn live(db: &Db, env: &Envelope) {
+    let mut tx = db.begin().await.unwrap();
+    let claim = store::claim(&mut tx, 1).await.unwrap();
+    for table in claim.tables() {
+        store::project(&mut tx, table, env, claim.seq)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+async fn active_rows(db: &Db) -> Vec<roombook_bookinglist::projection::BookingRow> {
+    let table = store::active_table(&db.pool).await.unwrap();
+    store::all(&db.pool, table).await.unwrap()
+}
+
+async fn filters_sort_and_page_on_the_database(backend: TestBackend) {
+    let (_dbs, db) = database(backend).await;
+    let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    live(&db, &created(a, "alice", 101, 9)).await;
+    live(&db, &created(b, "alice", 102, 11)).await;
+    live(&db, &created(c, "bob", 101, 13)).await;
+    live(&db, &confirmed(b)).await;
+    // A partial row: only a later event of an unknown booking.
+    live(&db, &confirmed(Uuid::new_v4())).await;
+
+    let table = store::active_table(&db.pool).await.unwrap();
+    let query = |pairs: &[(&str, &str)]| {
+        ListQuery::parse(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap()
+    };
+    let ids = |rows: &[roombook_bookinglist::projection::BookingRow]| {
+        rows.iter().map(|r| r.booking_id).collect::<Vec<_>>()
+    };
+
+    let (rows, total) = store::list(&db.pool, table, &query(&[])).await.unwrap();
+    assert_eq!(total, 4);
+    // Newest booking first; the partial row (no bookingDtm) last.
+    assert_eq!(ids(&rows[..3]), vec![c, b, a]);
+    assert!(rows[3].booking_dtm.is_none());
+
+    let (rows, total) = store::list(&db.pool, table, &query(&[("bookingUserId", "alice")]))
+        .await
+        .unwrap();
+    assert_eq!((ids(&rows), total), (vec![b, a], 2));
+
+    let (rows, _) = store::list(
+        &db.pool,
+        table,
+        &query(&[("roomId", "101"), ("sort", "useStartDtm")]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&rows), vec![a, c]);
+
+    let (rows, _) = store::list(&db.pool, table, &query(&[("bookingStatus", "CONFIRMED")]))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows
+        .iter()
+        .all(|r| r.booking_status == Some(BookingStatus::Confirmed)));
+
+    // Time range: slots overlapping [10:30, 13:00) are b's (11-12) only; c starts at 13.
+    let (rows, _) = store::list(
+        &db.pool,
+        table,
+        &query(&[("from", "2026-06-01T10:30:00Z"), ("to", "20260601130000")]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&rows), vec![b]);
+
+    let (rows, total) = store::list(
+        &db.pool,
+        table,
+        &query(&[("sort", "useStartDtm"), ("size", "2"), ("page", "2")]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(total, 4);
+    assert_eq!(rows[0].booking_id, c);
+    assert_eq!(rows.len(), 2);
+
+    // The feed query sees changes in order, filtered.
+    let changes = store::changes_since(
+        &db.pool,
+        table,
+        0,
+        &FeedFilter {
+            user: Some("alice".into()),
+            room: None,
+        },
+        100,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        changes
+            .iter()
+            .map(|(_, r)| r.booking_id)
+            .collect::<Vec<_>>(),
+        vec![a, b]
+    );
+    assert!(changes[0].0 < changes[1].0);
+}
+
+async fn the_old_view_serves_during_a_rebuild_and_the_swap_brings_the_same_rows(
+    backend: TestBackend,
+) {
+    let (_dbs, db) = database(backend).await;
+    let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let history = vec![
+        created(a, "alice", 101, 9),
+        created(b, "bob", 102, 10),
+        confirmed(a),
+    ];
+    for e in &history {
+        live(&db, e).await;
+    }
+    let before = active_rows(&db).await;
+    assert_eq!(before.len(), 2);
+    let old_table = store::active_table(&db.pool).await.unwrap();
+
+    let (rebuild, status) = rebuild::begin(&db).await.unwrap();
+    assert!(status.is_running());
+    assert_eq!(status.generation, 1);
+    assert_ne!(rebuild.shadow, old_table);
+    // A second request while this one runs is refused.
+    assert!(matches!(
+        rebuild::begin(&db).await,
+        Err(BeginError::AlreadyRunning(_))
+    ));
+
+    // Live events during the rebuild reach the old view at once (and the shadow too).
+    let late = created(c, "carol", 103, 12);
+    live(&db, &late).await;
+    assert_eq!(active_rows(&db).await.len(), 3);
+    assert_eq!(store::active_table(&db.pool).await.unwrap(), old_table);
+
+    // The replay folds the history, part of it twice, in batches.
+    rebuild::apply_batch(&db, &rebuild, &history[..2], Some(2))
+        .await
+        .unwrap();
+    // Still the old view while the shadow fills.
+    assert_eq!(store::active_table(&db.pool).await.unwrap(), old_table);
+    rebuild::apply_batch(&db, &rebuild, &history[1..], Some(3))
+        .await
+        .unwrap();
+    rebuild::swap(&db, &rebuild).await.unwrap();
+
+    assert_eq!(store::active_table(&db.pool).await.unwrap(), rebuild.shadow);
+    let after = active_rows(&db).await;
+    let live_view = store::all(&db.pool, old_table).await.unwrap();
+    assert_eq!(after, live_view);
+    assert_eq!(after.len(), 3);
+    let status = rebuild::status(&db).await.unwrap();
+    assert_eq!(status.state, "SUCCEEDED");
+    assert_eq!(status.generation, 2);
+    assert_eq!(status.events, 4);
+    assert_eq!(status.replayed_sequence, Some(3));
+
+    // After the swap, live events go to the new view only.
+    live(&db, &confirmed(b)).await;
+    let b_row = store::get(&db.pool, rebuild.shadow, b)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b_row.booking_status, Some(BookingStatus::Confirmed));
+    let stale = store::get(&db.pool, old_table, b).await.unwrap().unwrap();
+    assert_eq!(stale.booking_status, Some(BookingStatus::Booked));
+
+    // The next rebuild starts the old table afresh.
+    let (next, _) = rebuild::begin(&db).await.unwrap();
+    assert_eq!(next.shadow, old_table);
+    assert!(store::all(&db.pool, old_table).await.unwrap().is_empty());
+}
+
+async fn a_failed_rebuild_leaves_the_view_and_stops_writing_the_shadow(backend: TestBackend) {
+    let (_dbs, db) = database(backend).await;
+    let a = Uuid::new_v4();
+    live(&db, &created(a, "alice", 101, 9)).await;
+    let active = store::active_table(&db.pool).await.unwrap();
+    let (rebuild, _) = rebuild::begin(&db).await.unwrap();
+    rebuild::fail(&db, &rebuild, "the stream is gone")
+        .await
+        .unwrap();
+
+    let status = rebuild::status(&db).await.unwrap();
+    assert_eq!(status.state, "FAILED");
+    assert_eq!(status.error.as_deref(), Some("the stream is gone"));
+    assert_eq!(status.generation, 1);
+    live(&db, &confirmed(a)).await;
+    assert!(store::all(&db.pool, rebuild.shadow)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store::active_table(&db.pool).await.unwrap(), active);
+    // The failed rebuild can no longer write or swap.
+    assert!(rebuild::apply_batch(&db, &rebuild, &[confirmed(a)], None)
+        .await
+        .is_err());
+    assert!(rebuild::swap(&db, &rebuild).await.is_err());
+    // And a new one may start.
+    assert!(rebuild::begin(&db).await.is_ok());
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(platform::testkit::TestBackend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(platform::testkit::TestBackend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    filters_sort_and_page_on_the_database,
+    the_old_view_serves_during_a_rebuild_and_the_swap_brings_the_same_rows,
+    a_failed_rebuild_leaves_the_view_and_stops_writing_the_shadow,
+);
