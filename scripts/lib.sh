@@ -85,6 +85,26 @@ ensure_python3() {
     have python3 || die "python3 is still missing after installing it"
 }
 
+# Makes sure a python3 with aiosmtpd (the real SMTP server the e-mail tests receive with) is
+# available; exports ROOMBOOK_PYTHON when it had to use a virtualenv of its own.
+ensure_aiosmtpd() {
+    ensure_python3
+    local py="${ROOMBOOK_PYTHON:-python3}"
+    "$py" -c 'import aiosmtpd' 2>/dev/null && return 0
+    log "installing aiosmtpd (PyPI)"
+    if python3 -m pip install --quiet --disable-pip-version-check aiosmtpd >/dev/null 2>&1 &&
+        python3 -c 'import aiosmtpd' 2>/dev/null; then
+        return 0
+    fi
+    # A system Python that refuses global installs: use a virtualenv of our own.
+    local venv="${XDG_CACHE_HOME:-$HOME/.cache}/roombook-smtp-venv"
+    { [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"; } &&
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check aiosmtpd ||
+        die "cannot install aiosmtpd (pip install aiosmtpd)"
+    ROOMBOOK_PYTHON="$venv/bin/python"
+    export ROOMBOOK_PYTHON
+}
+
 # Makes sure cargo is on PATH (adds ~/.cargo/bin when rustup put it there).
 ensure_cargo() {
     if ! have cargo && [[ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]]; then

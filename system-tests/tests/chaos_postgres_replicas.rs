@@ -7,7 +7,7 @@ mod chaos;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_of_every_service_keep_every_saga_correct_under_faults_on_postgres() {
     let mut urls = std::collections::HashMap::new();
-    for service in ["booking", "confirm", "orchestrator"] {
+    for service in ["booking", "confirm", "orchestrator", "bookinglist"] {
         urls.insert(
             service.to_string(),
             platform::testkit::create_postgres_database(service).await,

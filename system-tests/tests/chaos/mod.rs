@@ -141,6 +141,8 @@ struct Cluster {
     bookings: Vec<Proc>,
     confirms: Vec<Proc>,
     orchestrators: Vec<Proc>,
+    /// The read model: killed like the rest, it must catch up and agree.
+    bookinglist: Proc,
 }
 
 impl Cluster {
@@ -149,11 +151,14 @@ impl Cluster {
             .iter_mut()
             .chain(self.confirms.iter_mut())
             .chain(self.orchestrators.iter_mut())
+            .chain(std::iter::once(&mut self.bookinglist))
             .collect()
     }
 }
 
 const APPROVAL_TIMEOUT_SECS: i64 = 12;
+/// One saga starts every this often: 300 sagas take about 30 s.
+const ARRIVAL_INTERVAL: Duration = Duration::from_millis(100);
 
 pub async fn run(settings: Settings) {
     platform::telemetry::init_for_tests();
@@ -201,6 +206,7 @@ pub async fn run(settings: Settings) {
         bookings: replicas("booking", settings.participants),
         confirms: replicas("confirm", settings.participants),
         orchestrators: replicas("orchestrator", settings.orchestrators),
+        bookinglist: replicas("bookinglist", 1).remove(0),
         nats,
     };
     for p in cluster.all() {
@@ -227,6 +233,7 @@ pub async fn run(settings: Settings) {
         bookings: cluster.bookings.iter().map(|p| p.url.clone()).collect(),
         confirms: cluster.confirms.iter().map(|p| p.url.clone()).collect(),
         orchestrator: cluster.orchestrators[0].url.clone(),
+        bookinglist: cluster.bookinglist.url.clone(),
     };
 
     let mut rng = StdRng::seed_from_u64(seed);
@@ -252,21 +259,25 @@ pub async fn run(settings: Settings) {
         http: http.clone(),
         urls: urls.clone(),
     };
+    // Sagas arrive on a fixed schedule (open-loop load), so the faults fall across the whole run.
+    let began = tokio::time::Instant::now();
     let outcomes: Vec<(String, Outcome)> = futures::stream::iter(plan.iter().copied().enumerate())
         .map(|(i, action)| {
             let driver = &driver;
             async move {
+                tokio::time::sleep_until(began + ARRIVAL_INTERVAL * i as u32).await;
                 let room = [101, 102, 103, 201][i % 4];
                 let start = base + Span::days((i / 4) as i64) + Span::hours(9);
                 driver.saga(i, room, start, action).await
             }
         })
-        .buffer_unordered(16)
+        .buffer_unordered(64)
         .collect()
         .await;
     done.cancel();
-    let restarts = chaos.await.expect("chaos task");
-    println!("chaos: {restarts} kills/restarts during the run");
+    let (kills, nats_restarted) = chaos.await.expect("chaos task");
+    println!("chaos: {kills} kills/restarts during the run, nats-server restarted: {nats_restarted}");
+    assert!(kills >= 5 && nats_restarted, "the run was too short for the faults it is meant to show");
 
     // Everything runs again; every saga must settle on its own.
     {
@@ -287,7 +298,16 @@ pub async fn run(settings: Settings) {
         all.then_some(sagas)
     })
     .await;
-    let result = check(&driver, &urls, &expected, &settled).await;
+    let mut result = check(&driver, &urls, &expected, &settled).await;
+    if result.is_ok() {
+        // The read model catches up on its own; once it has, it must agree with the services.
+        let agreement = eventually("the booking list to agree", Duration::from_secs(120), || async {
+            let problems = booking_list_disagreements(&driver, &urls, &settled).await?;
+            problems.is_empty().then_some(())
+        })
+        .await;
+        result = Ok(agreement);
+    }
     if let Err(problems) = result {
         let c = cluster.lock().await;
         for p in c
@@ -295,6 +315,7 @@ pub async fn run(settings: Settings) {
             .iter()
             .chain(c.confirms.iter())
             .chain(c.orchestrators.iter())
+            .chain(std::iter::once(&c.bookinglist))
         {
             eprintln!("--- {} log tail ---\n{}", p.name, p.log_tail());
         }
@@ -315,6 +336,7 @@ struct Urls {
     bookings: Vec<String>,
     confirms: Vec<String>,
     orchestrator: String,
+    bookinglist: String,
 }
 
 impl Urls {
@@ -475,12 +497,12 @@ impl Driver {
 }
 
 /// The chaos task: until `done`, SIGKILL a random service, restart it a moment later; restart
-/// nats-server once. Returns how many kills it made.
+/// nats-server once. Returns how many kills it made and whether the broker was restarted.
 async fn chaos(
     cluster: Arc<Mutex<Cluster>>,
     seed: u64,
     done: tokio_util::sync::CancellationToken,
-) -> usize {
+) -> (usize, bool) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let mut kills = 0;
     let mut nats_restarted = false;
@@ -505,7 +527,7 @@ async fn chaos(
         tokio::time::sleep(down_for).await;
         cluster.lock().await.all()[victim].start();
     }
-    kills
+    (kills, nats_restarted)
 }
 
 /// Asks every service and checks DESIGN §2's invariants; returns the violations.
@@ -630,4 +652,39 @@ async fn check(
     } else {
         Err(problems)
     }
+}
+
+/// Rows of the booking list that disagree with the sagas (and, through `check`, with booking and
+/// confirm); None while the list cannot be read.
+async fn booking_list_disagreements(driver: &Driver, urls: &Urls, sagas: &[Value]) -> Option<Vec<String>> {
+    let mut rows = BTreeMap::new();
+    for page in 1.. {
+        let list = driver
+            .get(&format!("{}/bookingLists?size=200&page={page}", urls.bookinglist))
+            .await?;
+        let items = list["items"].as_array()?;
+        for row in items {
+            rows.insert(row["bookingId"].as_str()?.to_string(), row.clone());
+        }
+        if items.len() < 200 {
+            break;
+        }
+    }
+    let mut problems = Vec::new();
+    for saga in sagas {
+        let id = saga["bookingId"].as_str()?;
+        let Some(row) = rows.get(id) else {
+            problems.push(format!("{id}: no booking-list row"));
+            continue;
+        };
+        let state = saga["state"].as_str()?;
+        let want_status = if state == "COMPLETED" { "CONFIRMED" } else { "CANCELLED" };
+        if row["sagaState"] != state || row["bookingStatus"] != want_status {
+            problems.push(format!("{id}: list shows {} / {}, saga {state}", row["bookingStatus"], row["sagaState"]));
+        }
+    }
+    if rows.len() != sagas.len() {
+        problems.push(format!("{} rows for {} sagas", rows.len(), sagas.len()));
+    }
+    Some(problems)
 }

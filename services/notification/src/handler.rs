@@ -1,0 +1,259 @@
+//! The consumer side: each saga event becomes zero or more delivery records, written in the
+//! consumer's transaction (which also records the event's `messageId`, so a redelivery adds
+//! nothing). Nothing here talks to a mail server: the [`crate::sender`] does that later, so a
+//! slow or broken mail system never holds up the bus.
+//!
+//! | event | mail |
+//! |---|---|
+//! | `BookingCreated` | BOOKED to the booker |
+//! | `BookingConfirmed` | CONFIRMED to the booker |
+//! | `BookingCancelled` (DENIED / USER_CANCELLED / EXPIRED) | DENIED / CANCELLED / EXPIRED to the booker |
+//! | `ConfirmRequested` | APPROVAL_REQUESTED to each address in `ADMIN_EMAILS` |
+//! | anything else | none (the booking events above already tell the booker) |
+//!
+//! Order and gaps: only `BookingCreated` carries the booker's address and the slot, so it is
+//! stored per booking. A booker mail whose `BookingCreated` has not been seen yet (it is being
+//! redelivered) is recorded WAITING and sent as soon as that arrives; if it never does within
+//! the grace period, the record becomes FAILED ("unknown booking"). A booking event older than
+//! one already mailed for the same booking (by `version`) is recorded SKIPPED, so a late
+//! "received" never follows a "confirmed". Bad addresses are FAILED right away, with the reason.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use platform::{
+    consumer::{HandleError, Handler, Incoming},
+    contract::{Body, Envelope},
+    db::Tx,
+};
+use uuid::Uuid;
+
+use crate::{
+    compose::{self, Facts},
+    domain::{BookingFacts, Kind, Notification, Role, Status},
+    store, Settings,
+};
+
+pub struct NotificationHandler {
+    pub settings: Arc<Settings>,
+}
+
+impl Handler for NotificationHandler {
+    async fn handle(&self, tx: &mut Tx, msg: &Incoming) -> Result<(), HandleError> {
+        let env = &msg.envelope;
+        let now = self.settings.clock.now();
+        // Events that are not a status change someone should hear about are only recorded as
+        // seen (by the consumer); new event types need no change here.
+        match &env.body {
+            Body::BookingCreated(b) => {
+                let facts = BookingFacts {
+                    booking_user_id: b.booking_user_id.clone(),
+                    booking_user_email: b.booking_user_email.clone(),
+                    room_id: b.room_id,
+                    start: b.use_start_dtm,
+                    end: b.use_end_dtm,
+                };
+                store::record_created(&mut **tx, env.booking_id, &facts, now).await?;
+                self.to_booker(tx, env, Kind::Booked, None, now).await?;
+            }
+            Body::BookingConfirmed(_) => {
+                self.to_booker(tx, env, Kind::Confirmed, None, now).await?;
+            }
+            Body::BookingCancelled(c) => {
+                let kind = Kind::of_cancel(c.reason);
+                self.to_booker(tx, env, kind, c.detail.clone(), now).await?;
+            }
+            Body::ConfirmRequested(c) => {
+                let facts = BookingFacts {
+                    booking_user_id: c.booking_user_id.clone(),
+                    booking_user_email: None,
+                    room_id: c.room_id,
+                    start: c.use_start_dtm,
+                    end: c.use_end_dtm,
+                };
+                self.to_admins(tx, env, &facts, c.confirm_id, c.approval_deadline, now)
+                    .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl NotificationHandler {
+    async fn to_booker(
+        &self,
+        tx: &mut Tx,
+        env: &Envelope,
+        kind: Kind,
+        detail: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<(), HandleError> {
+        store::ensure_booking(&mut **tx, env.booking_id, now).await?;
+        let version = i64::try_from(env.version).unwrap_or(i64::MAX);
+        let newer = store::advance_booking_version(tx, env.booking_id, version, now).await?;
+        let facts = store::booking_facts(&mut **tx, env.booking_id).await?;
+        let mut n = self.record(env, kind, Role::Booker, None, detail, now);
+        if let Some(facts) = &facts {
+            describe(&mut n, facts, &self.settings);
+        }
+        if let Some(newer) = newer {
+            n.status = Status::Skipped;
+            n.last_error = Some(if newer == version {
+                format!("a repeat of booking event version {version}, which was already mailed")
+            } else {
+                format!(
+                    "superseded: booking event version {newer} was already mailed, this is the \
+                     older version {version}"
+                )
+            });
+        } else if let Some(reason) = self.too_old(env, now) {
+            n.status = Status::Skipped;
+            n.last_error = Some(reason);
+        } else if let Some(facts) = &facts {
+            address_booker(&mut n, facts);
+        } else {
+            n.status = Status::Waiting;
+            n.last_error = Some(WAITING_REASON.to_string());
+        }
+        store::insert(&mut **tx, &n, store::BOOKER_KEY).await?;
+        Ok(())
+    }
+
+    async fn to_admins(
+        &self,
+        tx: &mut Tx,
+        env: &Envelope,
+        facts: &BookingFacts,
+        confirm_id: Uuid,
+        deadline: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), HandleError> {
+        if self.settings.admin_emails.is_empty() {
+            tracing::debug!("no ADMIN_EMAILS configured: approval request not mailed");
+            return Ok(());
+        }
+        let too_old = self.too_old(env, now);
+        for admin in &self.settings.admin_emails {
+            let address = admin.to_string();
+            let key = store::admin_key(&address);
+            let mut n = self.record(
+                env,
+                Kind::ApprovalRequested,
+                Role::Admin,
+                Some(&key),
+                None,
+                now,
+            );
+            describe(&mut n, facts, &self.settings);
+            n.confirm_id = Some(confirm_id);
+            n.approval_deadline = Some(deadline);
+            n.recipient = Some(address);
+            n.status = Status::Pending;
+            if let Some(reason) = &too_old {
+                n.status = Status::Skipped;
+                n.last_error = Some(reason.clone());
+            }
+            store::insert(&mut **tx, &n, &key).await?;
+        }
+        Ok(())
+    }
+
+    /// A fresh record of `env` for one recipient, PENDING and due now.
+    fn record(
+        &self,
+        env: &Envelope,
+        kind: Kind,
+        role: Role,
+        admin_key: Option<&str>,
+        detail: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Notification {
+        let key = admin_key.unwrap_or(store::BOOKER_KEY);
+        Notification {
+            id: Uuid::now_v7(),
+            booking_id: env.booking_id,
+            event_id: env.message_id,
+            event_type: env.body.type_name().to_string(),
+            event_version: i64::try_from(env.version).unwrap_or(i64::MAX),
+            occurred_at: env.occurred_at,
+            kind,
+            recipient_role: role,
+            recipient: None,
+            booking_user_id: None,
+            room_id: None,
+            use_start_dtm: None,
+            use_end_dtm: None,
+            detail,
+            confirm_id: None,
+            approval_deadline: None,
+            subject: None,
+            mail_message_id: compose::message_id(env.message_id, key, self.settings.mail.domain()),
+            status: Status::Pending,
+            attempts: 0,
+            next_attempt_at: Some(now),
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+            sent_at: None,
+        }
+    }
+
+    /// Why an event is too old to mail about (a consumer catching up on a long history
+    /// should not mail people about last month), if it is.
+    fn too_old(&self, env: &Envelope, now: DateTime<Utc>) -> Option<String> {
+        let age = now - env.occurred_at;
+        let max = self.settings.delivery.max_event_age;
+        (age.to_std().is_ok_and(|a| a > max)).then(|| {
+            format!(
+                "the event is from {}, older than the {} h after which no mail is sent",
+                platform::time::format_utc(env.occurred_at),
+                max.as_secs() / 3600
+            )
+        })
+    }
+}
+
+/// The last error of a WAITING record.
+pub const WAITING_REASON: &str =
+    "waiting for the booking's BookingCreated event, which names the booker's address";
+
+/// Copies the booking's room, slot and owner into the record and renders its subject.
+pub fn describe(n: &mut Notification, facts: &BookingFacts, settings: &Settings) {
+    n.booking_user_id = Some(facts.booking_user_id.clone());
+    n.room_id = Some(facts.room_id);
+    n.use_start_dtm = Some(facts.start);
+    n.use_end_dtm = Some(facts.end);
+    n.subject = Facts::of(n).map(|f| compose::subject(&f, settings.mail.time_zone));
+}
+
+/// Addresses a booker's record: PENDING to a valid address, else FAILED with the reason.
+pub fn address_booker(n: &mut Notification, facts: &BookingFacts) {
+    let email = facts
+        .booking_user_email
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| !e.is_empty());
+    match email {
+        None => {
+            n.status = Status::Failed;
+            n.last_error = Some(format!(
+                "the booker {} has no e-mail address",
+                facts.booking_user_id
+            ));
+        }
+        Some(email) => {
+            n.recipient = Some(email.to_string());
+            match compose::parse_address(email) {
+                Ok(_) => {
+                    n.status = Status::Pending;
+                    n.last_error = None;
+                }
+                Err(reason) => {
+                    n.status = Status::Failed;
+                    n.last_error = Some(format!("the booker's address is unusable: {reason}"));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The background sender: works the delivery records until the service stops.
+//!
+//! Each round it (1) fills in WAITING records whose booking has become known, (2) fails WAITING
+//! records older than the grace period (their booking never showed up), and (3) sends the
+//! PENDING records that are due. A send that fails transiently (connection refused, timeout,
+//! an SMTP 4xx reply) is retried with exponential backoff; an SMTP 5xx reply, or the last
+//! allowed attempt failing, marks the record FAILED with the reason. Nothing here blocks the
+//! consumer or the saga: a dead mail server only makes records wait.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+use lettre::{
+    transport::smtp::{
+        authentication::Credentials,
+        client::{Tls, TlsParameters},
+        Error as SmtpError,
+    },
+    AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor,
+};
+use sqlx::AnyPool;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::{
+    compose,
+    config::{MailTransport, SmtpConfig, SmtpServer, SmtpTls},
+    domain::Notification,
+    handler, store, Settings,
+};
+
+/// How many due records one round takes, and how many of them are in flight at once.
+const BATCH: i64 = 64;
+const CONCURRENCY: usize = 4;
+/// WAITING records looked at per round.
+const RESOLVE_BATCH: i64 = 256;
+
+/// Where mail goes.
+pub enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// One `.eml` file per record in this folder (the local default).
+    Files(PathBuf),
+}
+
+/// Why a send failed, and whether trying again may help.
+#[derive(Debug)]
+pub enum SendError {
+    Transient(String),
+    Permanent(String),
+}
+
+impl Transport {
+    pub fn new(config: &MailTransport) -> anyhow::Result<Transport> {
+        match config {
+            MailTransport::Files(dir) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating the mail folder {}", dir.display()))?;
+                Ok(Transport::Files(dir.clone()))
+            }
+            MailTransport::Smtp(smtp) => Ok(Transport::Smtp(smtp_transport(smtp)?)),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Transport::Smtp(_) => "SMTP".to_string(),
+            Transport::Files(dir) => format!("files in {}", dir.display()),
+        }
+    }
+
+    async fn send(&self, n: &Notification, message: Message) -> Result<(), SendError> {
+        match self {
+            Transport::Smtp(smtp) => smtp.send(message).await.map(|_| ()).map_err(classify),
+            Transport::Files(dir) => write_eml(dir, n, &message.formatted())
+                .await
+                .map_err(|e| SendError::Transient(format!("{e:#}"))),
+        }
+    }
+}
+
+fn smtp_transport(c: &SmtpConfig) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
+    let builder = match &c.server {
+        SmtpServer::Url(url) => AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose())
+            .context("SMTP_URL is not a valid SMTP URL (smtp://, smtps://, ?tls=required)")?,
+        SmtpServer::Host {
+            host,
+            port,
+            tls,
+            username,
+            password,
+        } => {
+            let params = || {
+                TlsParameters::new(host.clone()).with_context(|| format!("TLS settings for {host}"))
+            };
+            let mode = match tls {
+                SmtpTls::None => Tls::None,
+                SmtpTls::Opportunistic => Tls::Opportunistic(params()?),
+                SmtpTls::StartTls => Tls::Required(params()?),
+                SmtpTls::Tls => Tls::Wrapper(params()?),
+            };
+            let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str())
+                .port(port.unwrap_or(tls_default_port(*tls)))
+                .tls(mode);
+            if let Some(user) = username {
+                let password = password.as_ref().map(|p| p.expose().to_string());
+                b = b.credentials(Credentials::new(user.clone(), password.unwrap_or_default()));
+            }
+            b
+        }
+    };
+    Ok(builder.timeout(Some(c.timeout)).build())
+}
+
+fn tls_default_port(tls: SmtpTls) -> u16 {
+    match tls {
+        SmtpTls::None => 25,
+        SmtpTls::Opportunistic | SmtpTls::StartTls => 587,
+        SmtpTls::Tls => 465,
+    }
+}
+
+/// SMTP 5xx is final for that recipient; 4xx, network trouble and timeouts may pass.
+fn classify(e: SmtpError) -> SendError {
+    // lettre's message already includes its source (the server's reply or the I/O error).
+    let text = e.to_string();
+    if e.is_permanent() {
+        SendError::Permanent(format!("the mail server refused the mail: {text}"))
+    } else if e.is_transient() {
+        SendError::Transient(format!("the mail server deferred the mail: {text}"))
+    } else {
+        SendError::Transient(format!("cannot reach the mail server: {text}"))
+    }
+}
+
+/// Writes the mail as `{time}-{kind}-{recipient}-{id}.eml`; the name depends only on the
+/// record, so a retried write replaces the file instead of adding a second one.
+async fn write_eml(dir: &std::path::Path, n: &Notification, bytes: &[u8]) -> anyhow::Result<()> {
+    let recipient: String = n
+        .recipient
+        .as_deref()
+        .unwrap_or("unknown")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "@._+-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let name = format!(
+        "{}-{}-{recipient}-{}.eml",
+        n.occurred_at.format("%Y%m%dT%H%M%S%.3fZ"),
+        n.kind.as_str().to_ascii_lowercase().replace('_', "-"),
+        n.id
+    );
+    let dir = dir.to_path_buf();
+    let bytes = bytes.to_vec();
+    // Plain blocking file I/O off the async threads; the local default writes small files.
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, dir.join(&name))
+            .with_context(|| format!("renaming {} to {name}", tmp.display()))?;
+        Ok(())
+    })
+    .await
+    .context("the mail writer panicked")?
+}
+
+/// Delay before attempt `attempts + 1`, after `attempts` failures: base · 2^(attempts-1),
+/// capped.
+pub fn backoff(attempts: i64, base: Duration, max: Duration) -> Duration {
+    let exp = u32::try_from((attempts - 1).clamp(0, 30)).unwrap_or(30);
+    base.checked_mul(2u32.saturating_pow(exp))
+        .unwrap_or(max)
+        .min(max)
+}
+
+/// Runs until `cancel` fires; the sends in hand are finished first.
+pub async fn run(
+    pool: AnyPool,
+    transport: Arc<Transport>,
+    settings: Arc<Settings>,
+    cancel: CancellationToken,
+) {
+    let mut failures = 0u32;
+    loop {
+        let busy = match round(&pool, &transport, &settings).await {
+            Ok(busy) => {
+                failures = 0;
+                busy
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %format!("{e:#}"), "notification sender round failed");
+                false
+            }
+        };
+        if busy {
+            if cancel.is_cancelled() {
+                return;
+            }
+            continue;
+        }
+        let pause = settings.delivery.poll_interval * 2u32.pow(failures.min(4));
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// One round; true when there may be more work right away.
+async fn round(pool: &AnyPool, transport: &Transport, settings: &Settings) -> anyhow::Result<bool> {
+    let resolved = resolve_waiting(pool, settings).await?;
+    let now = settings.clock.now();
+    let grace = chrono::Duration::from_std(settings.delivery.unknown_booking_grace)
+        .unwrap_or(chrono::Duration::MAX);
+    let failed = store::fail_stale_waiting(
+        pool,
+        now - grace,
+        &format!(
+            "unknown booking: no BookingCreated event for it arrived within {} s, so the \
+             recipient and the booking's details are unknown",
+            settings.delivery.unknown_booking_grace.as_secs()
+        ),
+        now,
+    )
+    .await
+    .context("failing stale waiting records")?;
+    if failed > 0 {
+        tracing::warn!(
+            count = failed,
+            "notifications for unknown bookings marked FAILED"
+        );
+    }
+    let due = store::due(pool, now, BATCH)
+        .await
+        .context("loading due notifications")?;
+    let count = due.len();
+    futures::stream::iter(due)
+        .for_each_concurrent(CONCURRENCY, |n| async move {
+            if let Err(e) = deliver(pool, transport, settings, n).await {
+                tracing::warn!(error = %format!("{e:#}"), "recording a delivery outcome failed");
+            }
+        })
+        .await;
+    Ok(count as i64 == BATCH || resolved as i64 == RESOLVE_BATCH)
+}
+
+async fn resolve_waiting(pool: &AnyPool, settings: &Settings) -> anyhow::Result<usize> {
+    let waiting = store::resolvable_waiting(pool, RESOLVE_BATCH)
+        .await
+        .context("loading waiting notifications")?;
+    let count = waiting.len();
+    for mut n in waiting {
+        let Some(facts) = store::booking_facts(pool, n.booking_id).await? else {
+            continue;
+        };
+        handler::describe(&mut n, &facts, settings);
+        handler::address_booker(&mut n, &facts);
+        n.updated_at = settings.clock.now();
+        if store::resolve(pool, &n).await? {
+            tracing::debug!(id = %n.id, status = n.status.as_str(), "waiting notification resolved");
+        }
+    }
+    Ok(count)
+}
+
+async fn deliver(
+    pool: &AnyPool,
+    transport: &Transport,
+    settings: &Settings,
+    n: Notification,
+) -> anyhow::Result<()> {
+    let d = &settings.delivery;
+    let now = settings.clock.now();
+    let lease = chrono::Duration::from_std(d.claim_lease).unwrap_or(chrono::Duration::MAX);
+    if !store::claim(pool, &n, now + lease, now).await? {
+        return Ok(()); // another sender has it
+    }
+    let attempts = n.attempts + 1;
+    let span = tracing::info_span!("mail", id = %n.id, kind = n.kind.as_str(), booking_id = %n.booking_id, attempts);
+    async {
+        let outcome = match compose::build(&n, &settings.mail) {
+            Ok(message) => transport.send(&n, message).await,
+            // The record cannot become a mail (no usable address, unknown booking): no retry
+            // will change that.
+            Err(e) => Err(SendError::Permanent(e.to_string())),
+        };
+        let now = settings.clock.now();
+        match outcome {
+            Ok(()) => {
+                store::mark_sent(pool, n.id, now).await?;
+                tracing::info!(to = n.recipient.as_deref().unwrap_or("-"), "mail sent");
+            }
+            Err(SendError::Permanent(reason)) => {
+                tracing::warn!(%reason, "mail failed permanently");
+                store::mark_failed(pool, n.id, &reason, now).await?;
+            }
+            Err(SendError::Transient(reason)) if attempts >= i64::from(d.max_attempts) => {
+                tracing::warn!(%reason, "mail failed, no attempts left");
+                let reason = format!("gave up after {attempts} attempts; last error: {reason}");
+                store::mark_failed(pool, n.id, &reason, now).await?;
+            }
+            Err(SendError::Transient(reason)) => {
+                let delay = backoff(attempts, d.retry_base, d.retry_max);
+                tracing::info!(%reason, retry_in = ?delay, "mail deferred, will retry");
+                let at: DateTime<Utc> =
+                    now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                store::reschedule(pool, n.id, at, &reason, now).await?;
+            }
+        }
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_base_up_to_the_cap() {
+        let (base, max) = (Duration::from_secs(5), Duration::from_secs(60));
+        assert_eq!(backoff(1, base, max), Duration::from_secs(5));
+        assert_eq!(backoff(2, base, max), Duration::from_secs(10));
+        assert_eq!(backoff(4, base, max), Duration::from_secs(40));
+        assert_eq!(backoff(5, base, max), max);
+        assert_eq!(backoff(500, base, max), max);
+        assert_eq!(backoff(0, base, max), base);
+    }
+}

@@ -1,0 +1,415 @@
+//! SQL for delivery records and booking facts (the same statements on SQLite and PostgreSQL).
+//!
+//! The sender works from `notifications` alone: a row is claimed by moving its
+//! `next_attempt_at` into the future with a conditional update (so two replicas never send the
+//! same row at once), then marked SENT, FAILED, or rescheduled.
+
+use chrono::{DateTime, Utc};
+use platform::{
+    contract::RoomId,
+    time::{from_millis, to_millis},
+};
+use sqlx::{any::AnyRow, Any, AnyPool, Executor, Row as _};
+use uuid::Uuid;
+
+use crate::domain::{BookingFacts, Kind, Notification, Role, Status};
+
+/// The recipient key of the booker's mail (admins' keys are `admin:{address}`).
+pub const BOOKER_KEY: &str = "booker";
+
+pub fn admin_key(address: &str) -> String {
+    format!("admin:{}", address.trim().to_ascii_lowercase())
+}
+
+const COLUMNS: &str = "id, event_id, event_type, event_version, occurred_at, booking_id, kind, \
+     recipient_role, recipient_key, recipient, booking_user_id, room_id, start_ms, end_ms, detail, \
+     confirm_id, deadline_ms, subject, mail_message_id, status, attempts, next_attempt_at, \
+     last_error, created_at, updated_at, sent_at";
+
+fn decode_err(what: String) -> sqlx::Error {
+    sqlx::Error::Decode(what.into())
+}
+
+fn from_row(row: &AnyRow) -> Result<Notification, sqlx::Error> {
+    let uuid = |col: &str| -> Result<Uuid, sqlx::Error> {
+        let s: String = row.try_get(col)?;
+        Uuid::parse_str(&s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    };
+    let opt_ms = |col: &str| -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        Ok(row.try_get::<Option<i64>, _>(col)?.map(from_millis))
+    };
+    let kind: String = row.try_get("kind")?;
+    let role: String = row.try_get("recipient_role")?;
+    let status: String = row.try_get("status")?;
+    let status =
+        Status::parse(&status).ok_or_else(|| decode_err(format!("unknown status {status}")))?;
+    let confirm: Option<String> = row.try_get("confirm_id")?;
+    Ok(Notification {
+        id: uuid("id")?,
+        booking_id: uuid("booking_id")?,
+        event_id: uuid("event_id")?,
+        event_type: row.try_get("event_type")?,
+        event_version: row.try_get("event_version")?,
+        occurred_at: from_millis(row.try_get("occurred_at")?),
+        kind: Kind::parse(&kind).ok_or_else(|| decode_err(format!("unknown kind {kind}")))?,
+        recipient_role: Role::parse(&role)
+            .ok_or_else(|| decode_err(format!("unknown role {role}")))?,
+        recipient: row.try_get("recipient")?,
+        booking_user_id: row.try_get("booking_user_id")?,
+        room_id: row.try_get("room_id")?,
+        use_start_dtm: opt_ms("start_ms")?,
+        use_end_dtm: opt_ms("end_ms")?,
+        detail: row.try_get("detail")?,
+        confirm_id: confirm.and_then(|c| Uuid::parse_str(&c).ok()),
+        approval_deadline: opt_ms("deadline_ms")?,
+        subject: row.try_get("subject")?,
+        mail_message_id: row.try_get("mail_message_id")?,
+        next_attempt_at: (status == Status::Pending)
+            .then(|| row.try_get("next_attempt_at").map(from_millis))
+            .transpose()?,
+        status,
+        attempts: row.try_get("attempts")?,
+        last_error: row.try_get("last_error")?,
+        created_at: from_millis(row.try_get("created_at")?),
+        updated_at: from_millis(row.try_get("updated_at")?),
+        sent_at: opt_ms("sent_at")?,
+    })
+}
+
+/// Records a delivery; false when this (event, recipient) was recorded before.
+pub async fn insert<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+    n: &Notification,
+    recipient_key: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(&format!(
+        "INSERT INTO notifications ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26) \
+         ON CONFLICT (event_id, recipient_key) DO NOTHING"
+    ))
+    .bind(n.id.to_string())
+    .bind(n.event_id.to_string())
+    .bind(&n.event_type)
+    .bind(n.event_version)
+    .bind(to_millis(n.occurred_at))
+    .bind(n.booking_id.to_string())
+    .bind(n.kind.as_str())
+    .bind(n.recipient_role.as_str())
+    .bind(recipient_key)
+    .bind(&n.recipient)
+    .bind(&n.booking_user_id)
+    .bind(n.room_id)
+    .bind(n.use_start_dtm.map(to_millis))
+    .bind(n.use_end_dtm.map(to_millis))
+    .bind(&n.detail)
+    .bind(n.confirm_id.map(|c| c.to_string()))
+    .bind(n.approval_deadline.map(to_millis))
+    .bind(&n.subject)
+    .bind(&n.mail_message_id)
+    .bind(n.status.as_str())
+    .bind(n.attempts)
+    .bind(to_millis(n.next_attempt_at.unwrap_or(n.created_at)))
+    .bind(&n.last_error)
+    .bind(to_millis(n.created_at))
+    .bind(to_millis(n.updated_at))
+    .bind(n.sent_at.map(to_millis))
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Makes sure the booking has a facts row (details still unknown).
+pub async fn ensure_booking<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+    booking: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO notification_bookings (booking_id, updated_at) VALUES ($1, $2) \
+         ON CONFLICT (booking_id) DO NOTHING",
+    )
+    .bind(booking.to_string())
+    .bind(to_millis(now))
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Stores what `BookingCreated` says about the booking.
+pub async fn record_created<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+    booking: Uuid,
+    facts: &BookingFacts,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO notification_bookings (booking_id, created_seen, booking_user_id, \
+         booking_user_email, room_id, start_ms, end_ms, updated_at) \
+         VALUES ($1, 1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (booking_id) DO UPDATE SET created_seen = 1, \
+         booking_user_id = excluded.booking_user_id, booking_user_email = excluded.booking_user_email, \
+         room_id = excluded.room_id, start_ms = excluded.start_ms, end_ms = excluded.end_ms, \
+         updated_at = excluded.updated_at",
+    )
+    .bind(booking.to_string())
+    .bind(&facts.booking_user_id)
+    .bind(&facts.booking_user_email)
+    .bind(facts.room_id)
+    .bind(to_millis(facts.start))
+    .bind(to_millis(facts.end))
+    .bind(to_millis(now))
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Moves the booking's newest mailed booking-event version up to `version`. Returns None when
+/// it did, or the newer version already there (the event is superseded).
+pub async fn advance_booking_version(
+    tx: &mut platform::db::Tx,
+    booking: Uuid,
+    version: i64,
+    now: DateTime<Utc>,
+) -> Result<Option<i64>, sqlx::Error> {
+    let moved = sqlx::query(
+        "UPDATE notification_bookings SET last_booking_version = $2, updated_at = $3 \
+         WHERE booking_id = $1 AND last_booking_version < $2",
+    )
+    .bind(booking.to_string())
+    .bind(version)
+    .bind(to_millis(now))
+    .execute(&mut **tx)
+    .await?;
+    if moved.rows_affected() == 1 {
+        return Ok(None);
+    }
+    let current: i64 =
+        sqlx::query("SELECT last_booking_version FROM notification_bookings WHERE booking_id = $1")
+            .bind(booking.to_string())
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get(0)?;
+    Ok(Some(current))
+}
+
+/// What `BookingCreated` said about the booking, if it has arrived.
+pub async fn booking_facts<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+    booking: Uuid,
+) -> Result<Option<BookingFacts>, sqlx::Error> {
+    sqlx::query(
+        "SELECT booking_user_id, booking_user_email, room_id, start_ms, end_ms \
+         FROM notification_bookings WHERE booking_id = $1 AND created_seen = 1",
+    )
+    .bind(booking.to_string())
+    .fetch_optional(db)
+    .await?
+    .map(|r| facts_from_row(&r))
+    .transpose()
+}
+
+fn facts_from_row(r: &AnyRow) -> Result<BookingFacts, sqlx::Error> {
+    Ok(BookingFacts {
+        booking_user_id: r.try_get("booking_user_id")?,
+        booking_user_email: r.try_get("booking_user_email")?,
+        room_id: r.try_get::<RoomId, _>("room_id")?,
+        start: from_millis(r.try_get("start_ms")?),
+        end: from_millis(r.try_get("end_ms")?),
+    })
+}
+
+/// WAITING rows whose booking has become known.
+pub async fn resolvable_waiting(
+    pool: &AnyPool,
+    limit: i64,
+) -> Result<Vec<Notification>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM notifications WHERE status = 'WAITING' AND booking_id IN \
+         (SELECT booking_id FROM notification_bookings WHERE created_seen = 1) \
+         ORDER BY created_at LIMIT $1"
+    ))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(from_row)
+    .collect()
+}
+
+/// Fills in a WAITING row once its booking is known (if it is still WAITING).
+pub async fn resolve(pool: &AnyPool, n: &Notification) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE notifications SET status = $2, recipient = $3, booking_user_id = $4, room_id = $5, \
+         start_ms = $6, end_ms = $7, subject = $8, last_error = $9, next_attempt_at = $10, \
+         updated_at = $10 WHERE id = $1 AND status = 'WAITING'",
+    )
+    .bind(n.id.to_string())
+    .bind(n.status.as_str())
+    .bind(&n.recipient)
+    .bind(&n.booking_user_id)
+    .bind(n.room_id)
+    .bind(n.use_start_dtm.map(to_millis))
+    .bind(n.use_end_dtm.map(to_millis))
+    .bind(&n.subject)
+    .bind(&n.last_error)
+    .bind(to_millis(n.updated_at))
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Fails WAITING rows recorded before `before`: their booking never became known.
+pub async fn fail_stale_waiting(
+    pool: &AnyPool,
+    before: DateTime<Utc>,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE notifications SET status = 'FAILED', last_error = $1, updated_at = $2 \
+         WHERE status = 'WAITING' AND created_at < $3",
+    )
+    .bind(reason)
+    .bind(to_millis(now))
+    .bind(to_millis(before))
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// PENDING rows whose next attempt is due, oldest first.
+pub async fn due(
+    pool: &AnyPool,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Notification>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM notifications WHERE status = 'PENDING' AND next_attempt_at <= $1 \
+         ORDER BY next_attempt_at, id LIMIT $2"
+    ))
+    .bind(to_millis(now))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(from_row)
+    .collect()
+}
+
+/// Takes a due row for one attempt: counts the attempt and hides the row until `lease_until`
+/// (after which, should this process die mid-send, the row is due again). False when another
+/// sender took it first.
+pub async fn claim(
+    pool: &AnyPool,
+    n: &Notification,
+    lease_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let seen = n.next_attempt_at.map(to_millis).unwrap_or_default();
+    let done = sqlx::query(
+        "UPDATE notifications SET attempts = attempts + 1, next_attempt_at = $3, updated_at = $4 \
+         WHERE id = $1 AND status = 'PENDING' AND next_attempt_at = $2",
+    )
+    .bind(n.id.to_string())
+    .bind(seen)
+    .bind(to_millis(lease_until))
+    .bind(to_millis(now))
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn mark_sent(pool: &AnyPool, id: Uuid, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE notifications SET status = 'SENT', sent_at = $2, updated_at = $2, \
+         last_error = NULL WHERE id = $1",
+    )
+    .bind(id.to_string())
+    .bind(to_millis(now))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn mark_failed(
+    pool: &AnyPool,
+    id: Uuid,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE notifications SET status = 'FAILED', last_error = $2, updated_at = $3 WHERE id = $1",
+    )
+    .bind(id.to_string())
+    .bind(reason)
+    .bind(to_millis(now))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn reschedule(
+    pool: &AnyPool,
+    id: Uuid,
+    at: DateTime<Utc>,
+    error: &str,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE notifications SET next_attempt_at = $2, last_error = $3, updated_at = $4 \
+         WHERE id = $1 AND status = 'PENDING'",
+    )
+    .bind(id.to_string())
+    .bind(to_millis(at))
+    .bind(error)
+    .bind(to_millis(now))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn get(pool: &AnyPool, id: Uuid) -> Result<Option<Notification>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM notifications WHERE id = $1"
+    ))
+    .bind(id.to_string())
+    .fetch_optional(pool)
+    .await?
+    .map(|r| from_row(&r))
+    .transpose()
+}
+
+/// What `GET /notifications` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only the booker's mails of this user (set for callers who are not admins).
+    pub owner: Option<String>,
+    pub booking: Option<Uuid>,
+    pub status: Option<Status>,
+    pub kind: Option<Kind>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// Newest first.
+pub async fn list(pool: &AnyPool, f: &Filter) -> Result<Vec<Notification>, sqlx::Error> {
+    // Unused filters are NULL and match everything, keeping one statement.
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM notifications \
+         WHERE ($1 IS NULL OR (booking_user_id = $1 AND recipient_role = 'BOOKER')) \
+           AND ($2 IS NULL OR booking_id = $2) AND ($3 IS NULL OR status = $3) \
+           AND ($4 IS NULL OR kind = $4) \
+         ORDER BY created_at DESC, id DESC LIMIT $5 OFFSET $6"
+    ))
+    .bind(&f.owner)
+    .bind(f.booking.map(|b| b.to_string()))
+    .bind(f.status.map(Status::as_str))
+    .bind(f.kind.map(Kind::as_str))
+    .bind(f.limit)
+    .bind(f.offset)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(from_row)
+    .collect()
+}
