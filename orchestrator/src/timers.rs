@@ -29,7 +29,7 @@ pub async fn run(
 ) {
     let mut tick: u64 = 0;
     loop {
-        if tick % 5 == 0 {
+        if tick.is_multiple_of(5) {
             publish_saga_counts(&db).await;
         }
         tick += 1;
