@@ -29,6 +29,14 @@ use crate::{
     store::{self, SagaFilter, Step, StoredSaga},
 };
 
+/// The OpenAPI description of these routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(list, get_one, retry, compensate),
+    components(schemas(SagaView, SagaState, BookingInfo, Step))
+)]
+pub struct ApiDoc;
+
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
@@ -46,14 +54,18 @@ pub fn routes(state: AppState) -> Router {
         .with_state(state)
 }
 
-#[derive(Debug, Serialize)]
+/// A booking's saga: where it stands, what it waits for, and (for one saga) its timeline.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Saga)]
 struct SagaView {
     saga_id: Uuid,
     booking_id: Uuid,
     state: SagaState,
     settled: bool,
+    /// What the saga waits for next, e.g. an admin's decision.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     awaiting: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     booking: Option<BookingInfo>,
@@ -66,6 +78,7 @@ struct SagaView {
     expiry_requested: bool,
     /// The command whose reply the saga waits for, how often it was sent and when it is next.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pending_command: Option<&'static str>,
     attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -104,6 +117,19 @@ impl SagaView {
     }
 }
 
+/// One saga with its timeline (admin).
+#[utoipa::path(
+    get,
+    operation_id = "getSaga",
+    path = "/sagas/{id}",
+    tag = "sagas",
+    params(("id" = Uuid, Path, description = "The saga's id or its booking's id")),
+    responses(
+        (status = 200, description = "The saga and its timeline of every message in and out", body = SagaView),
+        (status = 403, description = "The caller is not an admin"),
+        (status = 404, description = "No saga for this id"),
+    )
+)]
 async fn get_one(
     State(state): State<AppState>,
     who: Identity,
@@ -117,18 +143,35 @@ async fn get_one(
     Ok(Json(SagaView::new(saga, Some(timeline))).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// e.g. `AWAITING_APPROVAL`, `COMPLETED`, `COMPENSATED`.
     state: Option<String>,
     /// Only sagas not updated since this time (RFC 3339), e.g. to find those waiting too long.
     older_than: Option<String>,
     /// Only sagas that gave up retrying (`true`) or did not (`false`).
     stuck: Option<bool>,
+    /// 1..=1000, default 100.
     limit: Option<i64>,
+    /// Default 0.
     offset: Option<i64>,
 }
 
+/// Sagas, without their timelines (admin).
+#[utoipa::path(
+    get,
+    operation_id = "listSagas",
+    path = "/sagas",
+    tag = "sagas",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The sagas", body = [SagaView]),
+        (status = 400, description = "An unknown state, a time that does not parse, or limit / offset out of range"),
+        (status = 403, description = "The caller is not an admin"),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     who: Identity,
@@ -166,6 +209,20 @@ async fn list(
 }
 
 /// `POST /sagas/{id}/retry`: send the pending command again now, with a fresh round of attempts.
+#[utoipa::path(
+    post,
+    operation_id = "retrySaga",
+    path = "/sagas/{id}/retry",
+    tag = "sagas",
+    params(("id" = Uuid, Path, description = "The saga's id or its booking's id")),
+    responses(
+        (status = 200, description = "The saga after the retry was sent", body = SagaView),
+        (status = 403, description = "The caller is not an admin"),
+        (status = 404, description = "No saga for this id"),
+        (status = 409, description = "Nothing to retry in this state (`saga-not-applicable`)"),
+        (status = 503, description = "The saga changed meanwhile; try again"),
+    )
+)]
 async fn retry(
     State(state): State<AppState>,
     who: Identity,
@@ -176,6 +233,20 @@ async fn retry(
 }
 
 /// `POST /sagas/{id}/compensate`: give up on the booking and undo it like a denial.
+#[utoipa::path(
+    post,
+    operation_id = "compensateSaga",
+    path = "/sagas/{id}/compensate",
+    tag = "sagas",
+    params(("id" = Uuid, Path, description = "The saga's id or its booking's id")),
+    responses(
+        (status = 200, description = "The saga, now compensating", body = SagaView),
+        (status = 403, description = "The caller is not an admin"),
+        (status = 404, description = "No saga for this id"),
+        (status = 409, description = "Already settled or compensating (`saga-not-applicable`)"),
+        (status = 503, description = "The saga changed meanwhile; try again"),
+    )
+)]
 async fn compensate(
     State(state): State<AppState>,
     who: Identity,

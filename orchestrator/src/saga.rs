@@ -40,7 +40,7 @@ use platform::contract::{
 use serde::Serialize;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SagaState {
     /// Booking created, approval requested.
@@ -100,9 +100,11 @@ impl SagaState {
 }
 
 /// What the saga knows about its booking (from `BookingCreated`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = SagaBooking)]
 pub struct BookingInfo {
+    #[schema(value_type = i64, example = 101)]
     pub room_id: RoomId,
     pub booking_user_id: String,
     #[serde(with = "platform::contract::rfc3339_utc")]

@@ -192,8 +192,9 @@ pub async fn save(
 }
 
 /// One entry of a saga's timeline.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = SagaStep)]
 pub struct Step {
     #[serde(with = "platform::contract::rfc3339_utc")]
     pub at: DateTime<Utc>,

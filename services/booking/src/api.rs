@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::{
     bookings::{self, BookingError, NewBooking},
-    domain::{BookingStatus, Room, TimeSlot},
+    domain::{Booking, BookingStatus, Room, TimeSlot},
     store::{self, BookingFilter},
 };
 
@@ -32,6 +32,23 @@ pub struct AppState {
     pub db: Db,
     pub outbox: OutboxSignal,
 }
+
+/// The OpenAPI description of these routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        create_booking,
+        list_bookings,
+        get_booking,
+        cancel_booking,
+        list_rooms,
+        create_room,
+        get_room,
+        availability
+    ),
+    components(schemas(Booking, Room, BookingStatus))
+)]
+pub struct ApiDoc;
 
 pub fn routes(state: AppState) -> Router {
     Router::new()
@@ -63,9 +80,11 @@ impl From<BookingError> for Problem {
 }
 
 /// A room id as JSON number or numeric string (the original clients sent both).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
+#[schema(example = 101)]
 enum RoomIdInput {
+    #[schema(value_type = i64)]
     Number(RoomId),
     Text(String),
 }
@@ -82,11 +101,15 @@ impl RoomIdInput {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CreateBookingRequest {
     room_id: RoomIdInput,
+    /// RFC 3339, or `yyyyMMddHHmmss` read as UTC; in the future.
+    #[schema(example = "2030-12-01T09:00:00Z")]
     use_start_dtm: String,
+    /// After `useStartDtm`; same formats.
+    #[schema(example = "20301201100000")]
     use_end_dtm: String,
     /// Accepted for the original clients; must be the caller unless the caller is an admin.
     booking_user_id: Option<String>,
@@ -96,6 +119,22 @@ fn trace_of(headers: &HeaderMap) -> TraceParent {
     TraceParent::continue_or_start(headers.get(trace::HEADER).and_then(|v| v.to_str().ok()))
 }
 
+/// Books a room for the caller: the booking starts `BOOKED` and waits for an admin's approval.
+#[utoipa::path(
+    post,
+    operation_id = "createBooking",
+    path = "/bookings",
+    tag = "bookings",
+    request_body = CreateBookingRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retried POST with the same key (at most 200 characters) answers the same booking")),
+    responses(
+        (status = 201, description = "Booked (header `Idempotent-Replayed: true` when answered from an earlier POST with the same key)", body = Booking),
+        (status = 400, description = "Bad input: unknown fields' types, a time that does not parse, the end not after the start, or a start in the past"),
+        (status = 403, description = "Booking for another user without the admin role"),
+        (status = 404, description = "No such room"),
+        (status = 409, description = "The slot overlaps a live booking (`booking-overlap`, with `conflictStart` / `conflictEnd`), or the Idempotency-Key was used for a different booking"),
+    )
+)]
 async fn create_booking(
     State(state): State<AppState>,
     who: Identity,
@@ -153,6 +192,18 @@ async fn create_booking(
     Ok(response)
 }
 
+/// One booking (another user's: 404).
+#[utoipa::path(
+    get,
+    operation_id = "getBooking",
+    path = "/bookings/{id}",
+    tag = "bookings",
+    params(("id" = Uuid, Path, description = "The booking's id")),
+    responses(
+        (status = 200, description = "The booking and its status", body = Booking),
+        (status = 404, description = "No such booking, or not the caller's"),
+    )
+)]
 async fn get_booking(
     State(state): State<AppState>,
     who: Identity,
@@ -166,16 +217,34 @@ async fn get_booking(
     Ok(Json(booking).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// `BOOKED`, `CONFIRMED` or `CANCELLED`.
     status: Option<String>,
+    #[param(value_type = Option<i64>)]
     room_id: Option<RoomId>,
+    /// Whose bookings (admins only; users always see their own).
     booking_user_id: Option<String>,
+    /// 1..=1000, default 100.
     limit: Option<i64>,
+    /// Default 0.
     offset: Option<i64>,
 }
 
+/// The caller's bookings (an admin's: everyone's), newest first.
+#[utoipa::path(
+    get,
+    operation_id = "listBookings",
+    path = "/bookings",
+    tag = "bookings",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The bookings", body = [Booking]),
+        (status = 400, description = "An unknown status, or limit / offset out of range"),
+    )
+)]
 async fn list_bookings(
     State(state): State<AppState>,
     who: Identity,
@@ -213,6 +282,19 @@ async fn list_bookings(
     Ok(Json(store::list_bookings(&state.db.pool, &filter).await?).into_response())
 }
 
+/// Cancels a booking: the slot is freed and its saga closes the approval request.
+#[utoipa::path(
+    delete,
+    operation_id = "cancelBooking",
+    path = "/bookings/{id}",
+    tag = "bookings",
+    params(("id" = Uuid, Path, description = "The booking's id")),
+    responses(
+        (status = 200, description = "The booking, now `CANCELLED`", body = Booking),
+        (status = 404, description = "No such booking, or not the caller's"),
+        (status = 409, description = "Already cancelled (`booking-cancelled`) or already started (`booking-started`)"),
+    )
+)]
 async fn cancel_booking(
     State(state): State<AppState>,
     who: Identity,
@@ -233,10 +315,30 @@ async fn cancel_booking(
     Ok(Json(booking).into_response())
 }
 
+/// Every room.
+#[utoipa::path(
+    get,
+    operation_id = "listRooms",
+    path = "/rooms",
+    tag = "rooms",
+    responses((status = 200, description = "The rooms", body = [Room]))
+)]
 async fn list_rooms(State(state): State<AppState>) -> Result<Response, Problem> {
     Ok(Json(store::list_rooms(&state.db.pool).await?).into_response())
 }
 
+/// One room.
+#[utoipa::path(
+    get,
+    operation_id = "getRoom",
+    path = "/rooms/{id}",
+    tag = "rooms",
+    params(("id" = i64, Path, description = "The room's number")),
+    responses(
+        (status = 200, description = "The room", body = Room),
+        (status = 404, description = "No such room"),
+    )
+)]
 async fn get_room(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -248,14 +350,32 @@ async fn get_room(
     Ok(Json(room).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CreateRoomRequest {
+    /// The room's number; the next free one when absent.
+    #[schema(value_type = Option<i64>)]
     id: Option<RoomId>,
+    /// 1 to 100 characters.
     name: String,
+    /// 1..=10000 people, default 8.
     capacity: Option<i64>,
 }
 
+/// Adds a room (admin).
+#[utoipa::path(
+    post,
+    operation_id = "createRoom",
+    path = "/rooms",
+    tag = "rooms",
+    request_body = CreateRoomRequest,
+    responses(
+        (status = 201, description = "The new room", body = Room),
+        (status = 400, description = "A name, capacity or id out of range"),
+        (status = 403, description = "The caller is not an admin"),
+        (status = 409, description = "A room with this id exists (`room-exists`)"),
+    )
+)]
 async fn create_room(
     State(state): State<AppState>,
     who: Identity,
@@ -300,14 +420,33 @@ async fn create_room(
     Ok((StatusCode::CREATED, Json(room)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AvailabilityQuery {
+    /// Start of the window (RFC 3339 or yyyyMMddHHmmss); default now.
     from: Option<String>,
+    /// End of the window, at most 62 days after `from`; default 24 hours after it.
     to: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// A room's busy and free intervals within `[from, to)`.
+#[derive(utoipa::ToSchema)]
+#[schema(as = RoomAvailability, rename_all = "camelCase")]
+#[allow(dead_code)] // Documents the JSON `availability` builds.
+struct Availability {
+    #[schema(value_type = i64)]
+    room_id: RoomId,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    /// Live bookings, with their status.
+    busy: Vec<Interval>,
+    /// The gaps between them.
+    free: Vec<Interval>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = RoomInterval)]
 struct Interval {
     #[serde(with = "platform::contract::rfc3339_utc")]
     start: DateTime<Utc>,
@@ -318,6 +457,18 @@ struct Interval {
 }
 
 /// Busy and free intervals of a room within `[from, to)` (default: the next 24 hours).
+#[utoipa::path(
+    get,
+    operation_id = "getRoomAvailability",
+    path = "/rooms/{id}/availability",
+    tag = "rooms",
+    params(("id" = i64, Path, description = "The room's number"), AvailabilityQuery),
+    responses(
+        (status = 200, description = "Busy and free intervals", body = Availability),
+        (status = 400, description = "A time that does not parse, or a window that is empty or longer than 62 days"),
+        (status = 404, description = "No such room"),
+    )
+)]
 async fn availability(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -33,7 +33,7 @@ impl TimeSlot {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum BookingStatus {
     Booked,
@@ -61,11 +61,12 @@ impl BookingStatus {
 }
 
 /// A booking as stored and as shown to its owner.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Booking {
     pub id: Uuid,
     pub saga_id: Uuid,
+    #[schema(value_type = i64, example = 101)]
     pub room_id: RoomId,
     pub booking_user_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -75,7 +76,9 @@ pub struct Booking {
     #[serde(with = "platform::contract::rfc3339_utc")]
     pub use_end_dtm: DateTime<Utc>,
     pub status: BookingStatus,
+    /// Why it was cancelled: `USER_CANCELLED`, `DENIED` or `EXPIRED`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "DENIED")]
     pub cancel_reason: Option<CancelReason>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancel_detail: Option<String>,
@@ -97,9 +100,10 @@ impl Booking {
 }
 
 /// A room that can be booked.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Room {
+    #[schema(value_type = i64, example = 101)]
     pub id: RoomId,
     pub name: String,
     pub capacity: i64,

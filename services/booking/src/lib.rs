@@ -62,6 +62,11 @@ pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<
     rt.serve(config.service.http_addr, routes).await
 }
 
+/// The OpenAPI description of this service's routes (served by the gateway).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <api::ApiDoc as utoipa::OpenApi>::openapi()
+}
+
 /// Runs the service until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     spawn(config, CancellationToken::new())

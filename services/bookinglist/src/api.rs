@@ -36,10 +36,35 @@ use uuid::Uuid;
 use crate::{
     feed::{Feed, FeedItem},
     lag,
+    projection::BookingRow,
     query::{BadParameter, FeedFilter, ListQuery},
-    rebuild::{self, BeginError, Rebuild},
+    rebuild::{self, BeginError, Rebuild, RebuildStatus},
     store,
 };
+
+/// The OpenAPI description of these routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(list, get_one, stream, lag, rebuild_status, start_rebuild),
+    components(schemas(BookingListPage, BookingRow, RebuildStatus))
+)]
+pub struct ApiDoc;
+
+/// One page of `GET /bookingLists`.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)] // Documents the JSON `list` builds.
+struct BookingListPage {
+    items: Vec<BookingRow>,
+    /// From 1.
+    page: u32,
+    size: u32,
+    /// Rows matching the filters, on all pages.
+    total: i64,
+    total_pages: i64,
+    /// As given, e.g. `-bookingDtm`.
+    sort: String,
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -95,6 +120,30 @@ fn own_rows(who: &Identity, requested: Option<String>) -> Result<Option<String>,
     }
 }
 
+/// Bookings with their approval and saga status, filtered, sorted and paged (newest bookings
+/// first). A user sees their own rows, an admin all.
+#[utoipa::path(
+    get,
+    operation_id = "listBookingLists",
+    path = "/bookingLists",
+    tag = "bookingLists",
+    params(
+        ("bookingUserId" = Option<String>, Query, description = "Whose rows (a user may only give their own)"),
+        ("roomId" = Option<i64>, Query),
+        ("bookingStatus" = Option<String>, Query, description = "`BOOKED`, `CONFIRMED` or `CANCELLED`"),
+        ("confirmStatus" = Option<String>, Query, description = "`BOOKED`, `CONFIRMED` or `DENIED`"),
+        ("from" = Option<String>, Query, description = "Rows whose slot overlaps `[from, to)`: RFC 3339 or yyyyMMddHHmmss"),
+        ("to" = Option<String>, Query, description = "End of that window"),
+        ("sort" = Option<String>, Query, description = "`bookingDtm`, `useStartDtm`, `updatedAt` or `roomId`; a leading `-` sorts descending"),
+        ("page" = Option<u32>, Query, description = "From 1"),
+        ("size" = Option<u32>, Query, description = "Rows per page, 1..=200, default 20"),
+    ),
+    responses(
+        (status = 200, description = "One page of rows", body = BookingListPage),
+        (status = 400, description = "An unknown parameter or value (`parameter` and `allowed` say which)"),
+        (status = 403, description = "A user asked for another user's rows"),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     who: Identity,
@@ -116,6 +165,18 @@ async fn list(
     .into_response())
 }
 
+/// One booking's row (another user's: 404).
+#[utoipa::path(
+    get,
+    operation_id = "getBookingList",
+    path = "/bookingLists/{bookingId}",
+    tag = "bookingLists",
+    params(("bookingId" = Uuid, Path, description = "The booking's id")),
+    responses(
+        (status = 200, description = "The row", body = BookingRow),
+        (status = 404, description = "Not in the list (yet), or not the caller's"),
+    )
+)]
 async fn get_one(
     State(state): State<AppState>,
     who: Identity,
@@ -131,6 +192,24 @@ async fn get_one(
     Ok(Json(row).into_response())
 }
 
+/// Live changes as server-sent events: `ready`, then a `bookingList` event per changed row
+/// (`id` is the change number; send it back as `Last-Event-ID` to resume after it).
+#[utoipa::path(
+    get,
+    operation_id = "streamBookingLists",
+    path = "/bookingLists/stream",
+    tag = "bookingLists",
+    params(
+        ("bookingUserId" = Option<String>, Query, description = "Whose rows (a user may only give their own)"),
+        ("roomId" = Option<i64>, Query),
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this change"),
+    ),
+    responses(
+        (status = 200, description = "An event stream; each `bookingList` event's data is a row", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "An unknown parameter, or a Last-Event-ID this feed did not send"),
+        (status = 403, description = "A user asked for another user's rows"),
+    )
+)]
 async fn stream(
     State(state): State<AppState>,
     who: Identity,
@@ -171,6 +250,17 @@ async fn stream(
         .into_response())
 }
 
+/// How far the list is behind the event stream.
+#[utoipa::path(
+    get,
+    operation_id = "getBookingListLag",
+    path = "/bookingLists/lag",
+    tag = "bookingLists",
+    responses(
+        (status = 200, description = "`stream`, `consumer`, `streamLastSequence`, `appliedSequence`, `pending`, `rebuilding` and `generation`", body = Object),
+        (status = 503, description = "The event stream cannot be reached"),
+    )
+)]
 async fn lag(State(state): State<AppState>) -> Result<Response, Problem> {
     let lag = lag::measure(&state.js).await.map_err(|e| {
         tracing::warn!(error = %format!("{e:#}"), "cannot measure the projection lag");
@@ -183,11 +273,35 @@ async fn lag(State(state): State<AppState>) -> Result<Response, Problem> {
     Ok(Json(body).into_response())
 }
 
+/// The latest rebuild (admin).
+#[utoipa::path(
+    get,
+    operation_id = "getBookingListRebuild",
+    path = "/bookingLists/rebuild",
+    tag = "bookingLists",
+    responses(
+        (status = 200, description = "The latest rebuild", body = RebuildStatus),
+        (status = 403, description = "The caller is not an admin"),
+    )
+)]
 async fn rebuild_status(State(state): State<AppState>, who: Identity) -> Result<Response, Problem> {
     who.require_admin()?;
     Ok(Json(rebuild::status(&state.db).await?).into_response())
 }
 
+/// Rebuilds the list from the start of the event stream into a new table that replaces the
+/// current one when complete (admin).
+#[utoipa::path(
+    post,
+    operation_id = "startBookingListRebuild",
+    path = "/bookingLists/rebuild",
+    tag = "bookingLists",
+    responses(
+        (status = 202, description = "Begun; its status", body = RebuildStatus),
+        (status = 403, description = "The caller is not an admin"),
+        (status = 409, description = "A rebuild is already running (`rebuild-running`)"),
+    )
+)]
 async fn start_rebuild(State(state): State<AppState>, who: Identity) -> Result<Response, Problem> {
     who.require_admin()?;
     let (rebuild, status) = match rebuild::begin(&state.db).await {

@@ -37,8 +37,9 @@ use uuid::Uuid;
 pub const EXPIRED: &str = "EXPIRED";
 
 /// The booking's own status, as the booking service reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[schema(as = BookingListBookingStatus)]
 pub enum BookingStatus {
     Booked,
     Confirmed,
@@ -66,8 +67,9 @@ impl BookingStatus {
 }
 
 /// The approval's status, as the confirm service reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[schema(as = BookingListConfirmStatus)]
 pub enum ConfirmStatus {
     Booked,
     Confirmed,
@@ -95,8 +97,9 @@ impl ConfirmStatus {
 }
 
 /// The newest version applied per register (0: nothing applied yet).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = BookingListVersions)]
 pub struct Versions {
     /// Newest booking-service event applied.
     pub booking: u64,
@@ -113,11 +116,13 @@ pub struct Versions {
 }
 
 /// One booking as the list shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = BookingListRow)]
 pub struct BookingRow {
     pub booking_id: Uuid,
     pub saga_id: Option<Uuid>,
+    #[schema(value_type = Option<i64>, example = 101)]
     pub room_id: Option<RoomId>,
     pub booking_user_id: Option<String>,
     #[serde(serialize_with = "opt_time")]
@@ -128,6 +133,8 @@ pub struct BookingRow {
     /// When the booking was made (`BookingCreated`); None until that event has been seen.
     #[serde(serialize_with = "opt_time")]
     pub booking_dtm: Option<DateTime<Utc>>,
+    /// `USER_CANCELLED`, `DENIED` or `EXPIRED`.
+    #[schema(value_type = Option<String>)]
     pub cancel_reason: Option<CancelReason>,
     pub cancel_detail: Option<String>,
     pub confirm_id: Option<Uuid>,

@@ -48,8 +48,9 @@ const IDLE: Duration = Duration::from_secs(2);
 const MAX_IDLE: u32 = 30;
 
 /// The latest rebuild, as `GET /bookingLists/rebuild` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = BookingListRebuild)]
 pub struct RebuildStatus {
     /// `NEVER`, `RUNNING`, `SUCCEEDED` or `FAILED`.
     pub state: String,

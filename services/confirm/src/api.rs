@@ -19,7 +19,15 @@ use platform::{
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::confirms::{self, ConfirmFilter, ConfirmStatus, DecisionError};
+use crate::confirms::{self, Confirm, ConfirmFilter, ConfirmStatus, DecisionError};
+
+/// The OpenAPI description of these routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(list, get_one, decide),
+    components(schemas(Confirm, ConfirmStatus))
+)]
+pub struct ApiDoc;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -49,16 +57,36 @@ impl From<DecisionError> for Problem {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// `BOOKED` (waiting for a decision), `CONFIRMED` or `DENIED`.
     status: Option<String>,
+    /// Only this booking's request (closed ones included unless `includeClosed=false`).
+    #[param(value_type = Option<Uuid>)]
     booking_id: Option<String>,
+    /// Also list requests closed because their booking was cancelled.
     include_closed: Option<bool>,
+    /// 1..=1000, default 100.
     limit: Option<i64>,
+    /// Default 0.
     offset: Option<i64>,
 }
 
+/// The approval queue (admin), oldest first.
+#[utoipa::path(
+    get,
+    operation_id = "listConfirms",
+    path = "/confirms",
+    tag = "confirms",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The approval requests", body = [Confirm]),
+        (status = 400, description = "An unknown status, a bookingId that is not a UUID, or limit / offset out of range"),
+        (status = 403, description = "The caller is not an admin"),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     who: Identity,
@@ -99,6 +127,19 @@ async fn list(
     Ok(Json(confirms::list(&state.db, &filter).await?).into_response())
 }
 
+/// One approval request (admin).
+#[utoipa::path(
+    get,
+    operation_id = "getConfirm",
+    path = "/confirms/{id}",
+    tag = "confirms",
+    params(("id" = Uuid, Path, description = "The approval request's id")),
+    responses(
+        (status = 200, description = "The approval request", body = Confirm),
+        (status = 403, description = "The caller is not an admin"),
+        (status = 404, description = "No such approval request"),
+    )
+)]
 async fn get_one(
     State(state): State<AppState>,
     who: Identity,
@@ -113,12 +154,33 @@ async fn get_one(
     Ok(Json(confirm).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = ConfirmDecision)]
 struct Decision {
+    /// `CONFIRMED` (approve) or `DENIED` (deny: the booking is cancelled and its slot freed).
+    #[schema(example = "CONFIRMED")]
     status: String,
+    /// Why, shown to the booker; at most 1000 characters.
     reason: Option<String>,
 }
 
+/// Approves or denies an approval request (admin). Repeating the same decision answers 200
+/// with the request unchanged.
+#[utoipa::path(
+    patch,
+    operation_id = "decideConfirm",
+    path = "/confirms/{id}",
+    tag = "confirms",
+    params(("id" = Uuid, Path, description = "The approval request's id")),
+    request_body = Decision,
+    responses(
+        (status = 200, description = "The decided request", body = Confirm),
+        (status = 400, description = "A status other than CONFIRMED or DENIED, or a reason over 1000 characters"),
+        (status = 403, description = "The caller is not an admin"),
+        (status = 404, description = "No such approval request"),
+        (status = 409, description = "Closed because the booking was cancelled (`confirm-closed`), past its deadline (`confirm-expired`), or decided otherwise (`confirm-decided`)"),
+    )
+)]
 async fn decide(
     State(state): State<AppState>,
     who: Identity,

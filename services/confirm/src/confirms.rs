@@ -17,7 +17,7 @@ use serde::Serialize;
 use sqlx::{any::AnyRow, Any, Executor, Row as _};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ConfirmStatus {
     Booked,
@@ -45,12 +45,13 @@ impl ConfirmStatus {
 }
 
 /// An approval request as the admin sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Confirm {
     pub id: Uuid,
     pub booking_id: Uuid,
     pub saga_id: Uuid,
+    #[schema(value_type = Option<i64>, example = 101)]
     pub room_id: Option<RoomId>,
     pub booking_user_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_time")]

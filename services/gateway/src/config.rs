@@ -10,6 +10,10 @@
 //! | `NOTIFICATION_URL` | unset (not deployed) | notification service, e.g. `http://127.0.0.1:8084` |
 //! | `BOOKINGLIST_URL` | unset (not deployed) | booking-list read model, e.g. `http://127.0.0.1:8085` |
 //! | `UPSTREAM_TIMEOUT_MS` | `10000` | how long one upstream call may take |
+//! | `MAX_CONCURRENT_REQUESTS` | `512` | API calls in progress at once; more are refused at once with 503 + `Retry-After` |
+//! | `CIRCUIT_BREAKER_FAILURES` | `5` | consecutive failures of one upstream that open its circuit |
+//! | `CIRCUIT_BREAKER_OPEN_MS` | `5000` | how long an open circuit refuses calls before one probes the upstream |
+//! | `CORS_ALLOWED_ORIGINS` | unset (no CORS) | comma-separated origins browsers may call from (`https://app.example.com`), or `*` |
 //! | `JWT_SECRET` | required | HS256 key shared with whoever mints tokens |
 //! | `JWT_ISSUER` | `roombook` | the `iss` tokens must carry |
 //! | `JWT_AUDIENCE` | `roombook-api` | the `aud` tokens must carry |
@@ -17,6 +21,7 @@
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use anyhow::{bail, Context as _};
+use axum::http::HeaderValue;
 use platform::config::env_or;
 use reqwest::Url;
 
@@ -125,10 +130,79 @@ pub struct Config {
     /// Base URL of each service; a service without one is not deployed and its routes answer
     /// 503.
     pub upstreams: BTreeMap<Service, Url>,
-    /// Covers connecting, sending and reading the whole answer. Keep it under the 30 s request
-    /// timeout of the common layers, or that one answers first (with an empty 503).
+    /// Covers connecting, sending and reading the whole answer (for an event stream: until its
+    /// headers). Keep it under the 30 s request timeout of the common layers, or that one answers
+    /// first (with an empty 503).
     pub upstream_timeout: Duration,
     pub jwt: JwtConfig,
+    /// API calls served at once; the next one is refused with 503 rather than queued, so a
+    /// burst cannot pile up unbounded work and memory behind a slow upstream.
+    pub max_concurrent_requests: usize,
+    pub breaker: BreakerConfig,
+    pub cors: CorsOrigins,
+}
+
+/// When an upstream's circuit opens and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive failed calls (unreachable, timed out, or a 5xx answer) that open the circuit.
+    pub failures: u32,
+    /// How long an open circuit answers 503 without calling; the first call after it probes.
+    pub open_for: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: 5,
+            open_for: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Which web origins may call the API from a browser.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CorsOrigins {
+    /// No CORS headers: browsers only call from the gateway's own origin.
+    #[default]
+    None,
+    /// Any origin (`*`). Tokens travel in the Authorization header, not cookies, so this exposes
+    /// nothing a caller does not already hold.
+    Any,
+    List(Vec<HeaderValue>),
+}
+
+impl CorsOrigins {
+    /// Parses `CORS_ALLOWED_ORIGINS`: empty, `*`, or comma-separated `scheme://host[:port]`.
+    pub fn parse(value: &str) -> anyhow::Result<Self> {
+        let origins: Vec<&str> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .collect();
+        if origins.is_empty() {
+            return Ok(CorsOrigins::None);
+        }
+        if origins.contains(&"*") {
+            if origins.len() > 1 {
+                bail!("`*` allows every origin; list no others beside it");
+            }
+            return Ok(CorsOrigins::Any);
+        }
+        let mut list = Vec::with_capacity(origins.len());
+        for origin in origins {
+            let url = Url::parse(origin).with_context(|| format!("{origin:?} is not an origin"))?;
+            // An origin is exactly what a browser sends: scheme, host and port, nothing after.
+            if !matches!(url.scheme(), "http" | "https")
+                || url.host_str().is_none()
+                || origin.trim_end_matches('/') != url.origin().ascii_serialization()
+            {
+                bail!("{origin:?} is not an origin like https://app.example.com[:port]");
+            }
+            list.push(HeaderValue::from_str(&url.origin().ascii_serialization())?);
+        }
+        Ok(CorsOrigins::List(list))
+    }
 }
 
 impl Config {
@@ -146,6 +220,21 @@ impl Config {
         let timeout_ms: u64 = env_or("UPSTREAM_TIMEOUT_MS", "10000")
             .parse()
             .context("UPSTREAM_TIMEOUT_MS must be a number of milliseconds")?;
+        let max_concurrent_requests: usize = env_or("MAX_CONCURRENT_REQUESTS", "512")
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .context("MAX_CONCURRENT_REQUESTS must be a positive number")?;
+        let failures: u32 = env_or("CIRCUIT_BREAKER_FAILURES", "5")
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .context("CIRCUIT_BREAKER_FAILURES must be a positive number")?;
+        let open_ms: u64 = env_or("CIRCUIT_BREAKER_OPEN_MS", "5000")
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .context("CIRCUIT_BREAKER_OPEN_MS must be a positive number of milliseconds")?;
         Ok(Config {
             http_addr: env_or("HTTP_ADDR", "0.0.0.0:8088")
                 .parse()
@@ -153,16 +242,29 @@ impl Config {
             upstreams,
             upstream_timeout: Duration::from_millis(timeout_ms),
             jwt: JwtConfig::from_env()?,
+            max_concurrent_requests,
+            breaker: BreakerConfig {
+                failures,
+                open_for: Duration::from_millis(open_ms),
+            },
+            // Optional: unset or empty means no CORS.
+            cors: CorsOrigins::parse(&std::env::var("CORS_ALLOWED_ORIGINS").unwrap_or_default())
+                .context("CORS_ALLOWED_ORIGINS")?,
         })
     }
 
-    /// Port 0 on localhost, no upstreams, default timeout, issuer and audience.
+    pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 512;
+
+    /// Port 0 on localhost, no upstreams, no CORS, and the defaults for the rest.
     pub fn for_test(secret: &str) -> Self {
         Config {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             upstreams: BTreeMap::new(),
             upstream_timeout: Self::DEFAULT_TIMEOUT,
             jwt: JwtConfig::with_secret(secret),
+            max_concurrent_requests: Self::DEFAULT_MAX_CONCURRENT_REQUESTS,
+            breaker: BreakerConfig::default(),
+            cors: CorsOrigins::None,
         }
     }
 
@@ -185,4 +287,30 @@ pub fn parse_upstream(url: &str) -> anyhow::Result<Url> {
         bail!("{url:?}: an upstream URL has no query or fragment");
     }
     Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cors_origins_are_none_any_or_a_list_of_exact_origins() {
+        assert_eq!(CorsOrigins::parse("").unwrap(), CorsOrigins::None);
+        assert_eq!(CorsOrigins::parse(" , ").unwrap(), CorsOrigins::None);
+        assert_eq!(CorsOrigins::parse("*").unwrap(), CorsOrigins::Any);
+        assert_eq!(
+            CorsOrigins::parse("https://app.example.com, http://localhost:5173/").unwrap(),
+            CorsOrigins::List(vec![
+                HeaderValue::from_static("https://app.example.com"),
+                HeaderValue::from_static("http://localhost:5173"),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_cors_origin_with_a_path_or_beside_a_star_is_refused() {
+        assert!(CorsOrigins::parse("https://app.example.com/ui").is_err());
+        assert!(CorsOrigins::parse("app.example.com").is_err());
+        assert!(CorsOrigins::parse("*, https://app.example.com").is_err());
+    }
 }

@@ -1,10 +1,19 @@
 //! The single public HTTP entry of Roombook. It verifies the caller's bearer token, applies the
 //! coarse role rules (admin-only routes), and forwards the call to the service that owns the
 //! path with the verified identity in headers; the services apply ownership rules themselves.
+//!
+//! Around the routes, outermost first: CORS, gzip, the common layers (request id generated or
+//! kept and returned, trace span, 30 s request timeout, metrics), and, for the API and its
+//! documentation but not the probes, a global concurrency limit that sheds excess calls. Each
+//! upstream call has its own timeout and goes through that service's circuit breaker.
 
 pub mod auth;
+pub mod breaker;
 pub mod cli;
+mod compat;
 pub mod config;
+pub mod docs;
+pub mod layers;
 pub mod proxy;
 
 use std::{future::Future, time::Duration};
@@ -18,7 +27,7 @@ use reqwest::Url;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{mint_token, AuthError, Verifier};
-pub use config::{Config, JwtConfig, Service};
+pub use config::{BreakerConfig, Config, CorsOrigins, JwtConfig, Service};
 
 /// Starts the gateway on `config.http_addr`; it runs until `cancel` fires.
 pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<RunningService> {
@@ -38,10 +47,15 @@ pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<
             .collect(),
         timeout: config.upstream_timeout.min(Duration::from_secs(2)),
     };
-    let router = http::with_common_layers(
-        proxy::routes(&config, client).merge(http::health_routes(readiness)),
-        "gateway",
+    let api = layers::shed_load(
+        proxy::routes(&config, client).merge(docs::routes()),
+        config.max_concurrent_requests,
     );
+    let mut router = http::with_common_layers(api.merge(http::health_routes(readiness)), "gateway")
+        .layer(layers::compression());
+    if let Some(cors) = layers::cors(&config.cors) {
+        router = router.layer(cors);
+    }
     let (listener, addr) = http::bind(config.http_addr).await?;
     for service in Service::ALL {
         match config.upstreams.get(&service) {

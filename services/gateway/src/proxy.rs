@@ -3,6 +3,10 @@
 //!
 //! Routes are checked against the path as it will be sent (dot segments resolved), so
 //! `/bookings/../sagas` cannot slip past the admin check for `/sagas`.
+//!
+//! Every upstream call goes through that service's circuit breaker ([`crate::breaker`]) and is
+//! bounded by the upstream timeout; answers are read whole, except event streams, which are
+//! passed on as they arrive once their headers came in time.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -25,6 +29,7 @@ use reqwest::Url;
 
 use crate::{
     auth::{AuthError, Verifier},
+    breaker::Breakers,
     config::{Config, Service},
 };
 
@@ -42,7 +47,7 @@ enum Access {
     AdminToChange,
 }
 
-struct Route {
+pub(crate) struct Route {
     /// Matches this path and everything below it.
     prefix: &'static str,
     service: Service,
@@ -82,7 +87,7 @@ const ROUTES: &[Route] = &[
     },
 ];
 
-fn route_for(path: &str) -> Option<&'static Route> {
+pub(crate) fn route_for(path: &str) -> Option<&'static Route> {
     ROUTES.iter().find(|r| {
         path.strip_prefix(r.prefix)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
@@ -98,16 +103,20 @@ const FORWARDED_REQUEST_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static(REQUEST_ID_HEADER),
 ];
 
-/// Response headers passed back: the content type, where a created resource lives, and the
-/// upstream's own retry advice.
-const RETURNED_RESPONSE_HEADERS: [HeaderName; 3] =
-    [header::CONTENT_TYPE, header::LOCATION, header::RETRY_AFTER];
+/// Response headers passed back: the content type, where a created resource lives, the
+/// upstream's own retry advice, and whether a retried POST was answered from its first result.
+const RETURNED_RESPONSE_HEADERS: [HeaderName; 4] = [
+    header::CONTENT_TYPE,
+    header::LOCATION,
+    header::RETRY_AFTER,
+    HeaderName::from_static("idempotent-replayed"),
+];
 
 /// Seconds a client is told to wait after an upstream failed to answer.
 const RETRY_AFTER_SECS: u64 = 2;
 
 #[derive(Debug, thiserror::Error)]
-enum ProxyError {
+pub(crate) enum ProxyError {
     #[error("no route")]
     NoRoute,
     #[error(transparent)]
@@ -122,6 +131,8 @@ enum ProxyError {
     BadRequest(String),
     #[error("{} did not answer within {timeout:?}", service.name())]
     Timeout { service: Service, timeout: Duration },
+    #[error("the circuit of {} is open", service.name())]
+    CircuitOpen { service: Service, retry_after: u64 },
     #[error("{} is unreachable", service.name())]
     Unreachable {
         service: Service,
@@ -178,6 +189,23 @@ impl IntoResponse for ProxyError {
                 )
                 .into_response()
             }
+            ProxyError::CircuitOpen {
+                service,
+                retry_after,
+            } => {
+                let mut problem = Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "circuit-open",
+                    "Service unavailable",
+                    format!(
+                        "the {} service keeps failing, so calls to it are paused; try again after {retry_after} s",
+                        service.name()
+                    ),
+                )
+                .with_extra(serde_json::json!({ "service": service.name() }));
+                problem.retry_after = Some(retry_after);
+                problem.into_response()
+            }
             ProxyError::Unreachable { service, source } => {
                 tracing::warn!(service = service.name(), error = %error_chain(&source), "upstream unreachable");
                 Problem::unavailable(
@@ -215,11 +243,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-struct Proxy {
+pub(crate) struct Proxy {
     client: reqwest::Client,
     upstreams: BTreeMap<Service, Url>,
     verifier: Verifier,
     timeout: Duration,
+    breakers: Breakers,
 }
 
 /// The proxied routes (without the health probes and common layers).
@@ -229,6 +258,7 @@ pub fn routes(config: &Config, client: reqwest::Client) -> Router {
         upstreams: config.upstreams.clone(),
         verifier: Verifier::new(&config.jwt),
         timeout: config.upstream_timeout,
+        breakers: Breakers::new(config.breaker),
     });
     let mut router = Router::new();
     for route in ROUTES {
@@ -259,7 +289,6 @@ impl Proxy {
             .upstreams
             .get(&route.service)
             .ok_or(ProxyError::NotDeployed(route.service))?;
-        let url = upstream_url(base, &target)?;
         let headers = upstream_headers(&parts.headers, &identity);
         let method = parts.method.clone();
         let body = Bytes::from_request(Request::from_parts(parts, body), &())
@@ -268,35 +297,81 @@ impl Proxy {
                 StatusCode::PAYLOAD_TOO_LARGE => ProxyError::TooLarge,
                 _ => ProxyError::BadRequest(rejection.body_text()),
             })?;
+        if crate::compat::is_decision_by_booking(&method, target.path()) {
+            return crate::compat::decide_by_booking(self, base, headers, &body).await;
+        }
+        let url = upstream_url(base, &target)?;
+        let request = self.client.request(method, url).headers(headers).body(body);
+        Ok(self.call(route.service, request).await?.into_response())
+    }
 
-        let service = route.service;
-        let answer = self
-            .client
-            .request(method, url)
-            .headers(headers)
-            .body(body)
-            .timeout(self.timeout)
-            .send()
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Sends `request` to `service` through its circuit breaker, within the upstream timeout.
+    pub(crate) async fn call(
+        &self,
+        service: Service,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Answer, ProxyError> {
+        if !self.breakers.permits(service) {
+            return Err(ProxyError::CircuitOpen {
+                service,
+                retry_after: self.breakers.retry_after_secs(),
+            });
+        }
+        let result = self.exchange(service, request).await;
+        let healthy = matches!(&result, Ok(answer) if !answer.status.is_server_error());
+        self.breakers.record(service, healthy);
+        let answer = result?;
+        if answer.status.is_server_error() && !is_json(&answer.headers) {
+            return Err(ProxyError::UpstreamFailed {
+                service,
+                status: answer.status,
+            });
+        }
+        Ok(answer)
+    }
+
+    async fn exchange(
+        &self,
+        service: Service,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Answer, ProxyError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timed_out = |_| ProxyError::Timeout {
+            service,
+            timeout: self.timeout,
+        };
+        let answer = tokio::time::timeout_at(deadline, request.send())
             .await
+            .map_err(timed_out)?
             .map_err(|e| self.upstream_error(service, e))?;
         let status = answer.status();
-        let mut returned = HeaderMap::new();
+        let mut headers = HeaderMap::new();
         for name in RETURNED_RESPONSE_HEADERS {
             if let Some(value) = answer.headers().get(&name) {
-                returned.insert(name, value.clone());
+                headers.insert(name, value.clone());
             }
         }
-        let bytes = answer
-            .bytes()
-            .await
-            .map_err(|e| self.upstream_error(service, e))?;
-        if status.is_server_error() && !is_json(&returned) {
-            return Err(ProxyError::UpstreamFailed { service, status });
+        // An event stream runs as long as the caller listens: only its start is timed.
+        if status.is_success() && is_event_stream(&headers) {
+            return Ok(Answer {
+                status,
+                headers,
+                body: AnswerBody::Stream(answer),
+            });
         }
-        let mut response = Response::new(Body::from(bytes));
-        *response.status_mut() = status;
-        *response.headers_mut() = returned;
-        Ok(response)
+        let bytes = tokio::time::timeout_at(deadline, answer.bytes())
+            .await
+            .map_err(timed_out)?
+            .map_err(|e| self.upstream_error(service, e))?;
+        Ok(Answer {
+            status,
+            headers,
+            body: AnswerBody::Full(bytes),
+        })
     }
 
     fn upstream_error(&self, service: Service, e: reqwest::Error) -> ProxyError {
@@ -308,6 +383,32 @@ impl Proxy {
         } else {
             ProxyError::Unreachable { service, source: e }
         }
+    }
+}
+
+/// What an upstream answered, with the headers that are passed back.
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: AnswerBody,
+}
+
+pub(crate) enum AnswerBody {
+    Full(Bytes),
+    /// Passed on as it arrives (server-sent events).
+    Stream(reqwest::Response),
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let body = match self.body {
+            AnswerBody::Full(bytes) => Body::from(bytes),
+            AnswerBody::Stream(answer) => Body::from_stream(answer.bytes_stream()),
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers;
+        response
     }
 }
 
@@ -372,10 +473,17 @@ fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
+    content_type(headers).is_some_and(|ct| ct.contains("json"))
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    content_type(headers).is_some_and(|ct| ct.starts_with("text/event-stream"))
+}
+
+fn content_type(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.contains("json"))
 }
 
 #[cfg(test)]

@@ -19,9 +19,17 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::{
-    domain::{Kind, Role, Status},
+    domain::{Kind, Notification, Role, Status},
     store::{self, Filter},
 };
+
+/// The OpenAPI description of these routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(list, get_one),
+    components(schemas(Notification, Kind, Role, Status))
+)]
+pub struct ApiDoc;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -35,13 +43,21 @@ pub fn routes(state: AppState) -> Router {
         .with_state(state)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this booking's mail.
+    #[param(value_type = Option<Uuid>)]
     booking_id: Option<String>,
+    /// Where delivery stands: `WAITING`, `PENDING`, `SENT`, `FAILED` or `SKIPPED`.
     status: Option<String>,
+    /// What the mail is about: `BOOKED`, `CONFIRMED`, `DENIED`, `CANCELLED`, `EXPIRED` or
+    /// `APPROVAL_REQUESTED`.
     kind: Option<String>,
+    /// 1..=1000, default 100.
     limit: Option<i64>,
+    /// Default 0.
     offset: Option<i64>,
 }
 
@@ -49,6 +65,18 @@ fn one_of<T: Copy>(all: &[T], name: impl Fn(T) -> &'static str) -> String {
     all.iter().map(|t| name(*t)).collect::<Vec<_>>().join(", ")
 }
 
+/// The mail records, newest first: a user sees the mail sent to them as booker, an admin all.
+#[utoipa::path(
+    get,
+    operation_id = "listNotifications",
+    path = "/notifications",
+    tag = "notifications",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The records: recipient, subject, the booking, delivery state and attempts", body = [Notification]),
+        (status = 400, description = "An unknown parameter or value, or limit / offset out of range"),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     who: Identity,
@@ -105,6 +133,18 @@ async fn list(
     Ok(Json(store::list(&state.db.pool, &filter).await?).into_response())
 }
 
+/// One mail record (another user's: 404).
+#[utoipa::path(
+    get,
+    operation_id = "getNotification",
+    path = "/notifications/{id}",
+    tag = "notifications",
+    params(("id" = Uuid, Path, description = "The record's id")),
+    responses(
+        (status = 200, description = "The record", body = Notification),
+        (status = 404, description = "No such record, or not the caller's"),
+    )
+)]
 async fn get_one(
     State(state): State<AppState>,
     who: Identity,

@@ -7,8 +7,9 @@ use serde::Serialize;
 use uuid::Uuid;
 
 /// What a mail announces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[schema(as = NotificationKind)]
 pub enum Kind {
     /// The booking was made and waits for approval (to the booker).
     Booked,
@@ -65,8 +66,9 @@ impl Kind {
 }
 
 /// Who a mail is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[schema(as = NotificationRole)]
 pub enum Role {
     Booker,
     Admin,
@@ -90,8 +92,9 @@ impl Role {
 }
 
 /// Where a delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[schema(as = NotificationStatus)]
 pub enum Status {
     /// The event arrived before the booking's `BookingCreated` (which names the booker's
     /// address); it is sent once that arrives, or FAILED after a grace period.
@@ -143,7 +146,7 @@ pub struct BookingFacts {
 
 /// One delivery record: one event, one recipient. This is also what `GET /notifications`
 /// shows.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Notification {
     pub id: Uuid,
@@ -160,6 +163,7 @@ pub struct Notification {
     /// The address, once known (a WAITING booker mail has none yet).
     pub recipient: Option<String>,
     pub booking_user_id: Option<String>,
+    #[schema(value_type = Option<i64>, example = 101)]
     pub room_id: Option<RoomId>,
     #[serde(with = "optional_utc")]
     pub use_start_dtm: Option<DateTime<Utc>>,

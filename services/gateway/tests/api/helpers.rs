@@ -1,7 +1,15 @@
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use axum::{
-    body::Bytes,
+    body::{Body, Bytes},
     extract::State,
     http::{header, HeaderMap, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
@@ -10,48 +18,145 @@ use axum::{
 use platform::runtime::RunningService;
 use roombook_gateway::{mint_token, Config, JwtConfig};
 use serde_json::{json, Value};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
 use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "a-test-secret-of-at-least-thirty-two-bytes";
 
 /// An upstream that answers every request with what it received, as JSON. `?status=NNN` picks
-/// the status; `?plain=1` answers text instead of JSON.
+/// the status; `?plain=1` answers text instead of JSON; `?sse=1` answers an event stream that
+/// sends one event and then stays open. It counts the requests it gets, and can be stopped and
+/// started again on the same port.
 pub struct Echo {
     pub url: String,
-    cancel: CancellationToken,
+    addr: SocketAddr,
+    state: EchoState,
+    server: Option<(CancellationToken, JoinHandle<()>)>,
+}
+
+#[derive(Clone)]
+struct EchoState {
+    name: &'static str,
+    hits: Arc<AtomicUsize>,
+    gate: Option<Gate>,
+}
+
+/// Holds every request until opened, reporting each arrival first.
+#[derive(Clone)]
+struct Gate {
+    arrivals: mpsc::UnboundedSender<()>,
+    open: watch::Receiver<bool>,
+}
+
+/// The test's side of a gated echo.
+pub struct GateControl {
+    /// One message per request that reached the upstream and is being held.
+    pub arrivals: mpsc::UnboundedReceiver<()>,
+    open: watch::Sender<bool>,
+}
+
+impl GateControl {
+    /// Lets every held request, and all later ones, through.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
 }
 
 impl Drop for Echo {
     fn drop(&mut self) {
-        self.cancel.cancel();
+        if let Some((cancel, _)) = &self.server {
+            cancel.cancel();
+        }
     }
 }
 
 pub async fn spawn_echo(name: &'static str) -> Echo {
+    spawn_echo_with(name, None).await
+}
+
+/// An echo that holds every request until the returned control opens it.
+pub async fn spawn_gated_echo(name: &'static str) -> (Echo, GateControl) {
+    let (arrivals_tx, arrivals) = mpsc::unbounded_channel();
+    let (open, open_rx) = watch::channel(false);
+    let gate = Gate {
+        arrivals: arrivals_tx,
+        open: open_rx,
+    };
+    (
+        spawn_echo_with(name, Some(gate)).await,
+        GateControl { arrivals, open },
+    )
+}
+
+async fn spawn_echo_with(name: &'static str, gate: Option<Gate>) -> Echo {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = Router::new().fallback(echo).with_state(name);
-    let cancel = CancellationToken::new();
-    let stop = cancel.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-            .unwrap();
-    });
-    Echo {
+    let mut echo = Echo {
         url: format!("http://{addr}"),
-        cancel,
+        addr,
+        state: EchoState {
+            name,
+            hits: Arc::default(),
+            gate,
+        },
+        server: None,
+    };
+    echo.serve(listener);
+    echo
+}
+
+impl Echo {
+    /// Requests received so far.
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Stops serving and waits until the port is closed: calls to it are refused.
+    pub async fn stop(&mut self) {
+        if let Some((cancel, handle)) = self.server.take() {
+            cancel.cancel();
+            handle.await.unwrap();
+        }
+    }
+
+    /// Serves again on the same port.
+    pub async fn start_again(&mut self) {
+        assert!(self.server.is_none(), "still running");
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let router = Router::new().fallback(echo).with_state(self.state.clone());
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let handle = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .unwrap();
+        });
+        self.server = Some((cancel, handle));
     }
 }
 
 async fn echo(
-    State(name): State<&'static str>,
+    State(state): State<EchoState>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    if let Some(gate) = &state.gate {
+        let _ = gate.arrivals.send(());
+        let mut open = gate.open.clone();
+        open.wait_for(|open| *open).await.unwrap();
+    }
+    let name = state.name;
     let query = uri.query().unwrap_or("");
     let param = |key: &str| {
         query
@@ -65,6 +170,17 @@ async fn echo(
         .unwrap_or(StatusCode::OK);
     if param("plain").is_some() {
         return (status, "plain text failure").into_response();
+    }
+    if param("sse").is_some() {
+        let first = futures::stream::once(async {
+            Ok::<_, Infallible>(Bytes::from_static(b"event: ready\ndata: {}\n\n"))
+        });
+        let events = futures::StreamExt::chain(first, futures::stream::pending());
+        return (
+            [(header::CONTENT_TYPE, "text/event-stream")],
+            Body::from_stream(events),
+        )
+            .into_response();
     }
     let header = |name: &str| {
         headers
