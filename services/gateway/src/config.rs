@@ -140,6 +140,10 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     pub breaker: BreakerConfig,
     pub cors: CorsOrigins,
+    /// The built web page to serve at `/app/` (`WEB_DIR`); none by default.
+    pub web_dir: Option<std::path::PathBuf>,
+    /// Hand out dev tokens at `/dev/token` (`DEV_TOKENS=true`): local use only.
+    pub dev_tokens: bool,
 }
 
 /// When an upstream's circuit opens and for how long.
@@ -250,6 +254,8 @@ impl Config {
             // Optional: unset or empty means no CORS.
             cors: CorsOrigins::parse(&std::env::var("CORS_ALLOWED_ORIGINS").unwrap_or_default())
                 .context("CORS_ALLOWED_ORIGINS")?,
+            web_dir: web_dir()?,
+            dev_tokens: env_or("DEV_TOKENS", "false") == "true",
         })
     }
 
@@ -265,6 +271,8 @@ impl Config {
             max_concurrent_requests: Self::DEFAULT_MAX_CONCURRENT_REQUESTS,
             breaker: BreakerConfig::default(),
             cors: CorsOrigins::None,
+            web_dir: None,
+            dev_tokens: false,
         }
     }
 
@@ -313,4 +321,20 @@ mod tests {
         assert!(CorsOrigins::parse("app.example.com").is_err());
         assert!(CorsOrigins::parse("*, https://app.example.com").is_err());
     }
+}
+
+/// `WEB_DIR`, which must hold the built page (`index.html`) when set.
+fn web_dir() -> anyhow::Result<Option<std::path::PathBuf>> {
+    let dir = env_or("WEB_DIR", "");
+    if dir.is_empty() {
+        return Ok(None);
+    }
+    let dir = std::path::PathBuf::from(dir);
+    if !dir.join("index.html").is_file() {
+        bail!(
+            "WEB_DIR={} has no index.html: build the page first (cd web && npm ci && npm run build)",
+            dir.display()
+        );
+    }
+    Ok(Some(dir))
 }

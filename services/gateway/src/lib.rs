@@ -15,6 +15,7 @@ pub mod config;
 pub mod docs;
 pub mod layers;
 pub mod proxy;
+pub mod web;
 
 use std::{future::Future, time::Duration};
 
@@ -51,7 +52,14 @@ pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<
         proxy::routes(&config, client).merge(docs::routes()),
         config.max_concurrent_requests,
     );
-    let mut router = http::with_common_layers(api.merge(http::health_routes(readiness)), "gateway")
+    let web = web::routes(
+        config.web_dir.as_ref(),
+        config.dev_tokens.then_some(&config.jwt),
+    );
+    let mut router = http::with_common_layers(
+        api.merge(http::health_routes(readiness)).merge(web),
+        "gateway",
+    )
         .layer(layers::compression());
     if let Some(cors) = layers::cors(&config.cors) {
         router = router.layer(cors);

@@ -12,3 +12,4 @@ mod proxy;
 mod resilience;
 mod stack;
 mod walkthrough;
+mod web;
