@@ -325,10 +325,10 @@ mod tests {
 
 /// `WEB_DIR`, which must hold the built page (`index.html`) when set.
 fn web_dir() -> anyhow::Result<Option<std::path::PathBuf>> {
-    let dir = env_or("WEB_DIR", "");
-    if dir.is_empty() {
+    // Optional: unset or empty means no page.
+    let Some(dir) = std::env::var("WEB_DIR").ok().filter(|d| !d.trim().is_empty()) else {
         return Ok(None);
-    }
+    };
     let dir = std::path::PathBuf::from(dir);
     if !dir.join("index.html").is_file() {
         bail!(
