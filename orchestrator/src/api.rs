@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::HeaderMap,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -15,7 +15,7 @@ use platform::{
     clock::Clock,
     consumer::HandleError,
     db::Db,
-    http::{Identity, Problem},
+    http::{parse_choice, ApiQuery, Identity, Paging, Problem},
     outbox::OutboxSignal,
     time::parse_client_time,
     trace::{self, TraceParent},
@@ -175,35 +175,22 @@ struct ListQuery {
 async fn list(
     State(state): State<AppState>,
     who: Identity,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Response, Problem> {
     who.require_admin()?;
-    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let saga_state = q
-        .state
-        .map(|s| {
-            SagaState::parse(&s).ok_or_else(|| {
-                let allowed: Vec<&str> = SagaState::ALL.iter().map(|s| s.as_str()).collect();
-                Problem::bad_request(format!("state `{s}` is not one of {}", allowed.join(", ")))
-            })
-        })
-        .transpose()?;
+    let allowed: Vec<&str> = SagaState::ALL.iter().map(|s| s.as_str()).collect();
+    let saga_state = parse_choice("state", q.state.as_deref(), SagaState::parse, &allowed)?;
     let older_than = q
         .older_than
         .map(|t| parse_client_time(&t).map_err(|e| Problem::bad_request(format!("olderThan: {e}"))))
         .transpose()?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) || q.offset.is_some_and(|o| o < 0) {
-        return Err(Problem::bad_request(
-            "limit must be 1..=1000 and offset >= 0",
-        ));
-    }
+    let paging = Paging::new(q.limit, q.offset)?;
     let filter = SagaFilter {
         state: saga_state,
         older_than,
         stuck: q.stuck,
     };
-    let sagas = store::list(&state.db, &filter, limit, q.offset.unwrap_or(0)).await?;
+    let sagas = store::list(&state.db, &filter, paging.limit, paging.offset).await?;
     let views: Vec<SagaView> = sagas.into_iter().map(|s| SagaView::new(s, None)).collect();
     Ok(Json(views).into_response())
 }

@@ -2,7 +2,7 @@
 //! headers): bookings and rooms.
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
@@ -12,7 +12,7 @@ use chrono::{DateTime, Duration, Utc};
 use platform::{
     contract::RoomId,
     db::Db,
-    http::{ApiJson, Identity, Problem},
+    http::{parse_choice, ApiJson, ApiQuery, Identity, Paging, Problem},
     outbox::OutboxSignal,
     time::parse_client_time,
     trace::{self, TraceParent},
@@ -248,36 +248,26 @@ struct ListQuery {
 async fn list_bookings(
     State(state): State<AppState>,
     who: Identity,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Response, Problem> {
-    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let status = q
-        .status
-        .map(|s| {
-            BookingStatus::parse(&s).ok_or_else(|| {
-                Problem::bad_request(format!(
-                    "status `{s}` is not one of BOOKED, CONFIRMED, CANCELLED"
-                ))
-            })
-        })
-        .transpose()?;
+    let status = parse_choice(
+        "status",
+        q.status.as_deref(),
+        BookingStatus::parse,
+        &["BOOKED", "CONFIRMED", "CANCELLED"],
+    )?;
+    let paging = Paging::new(q.limit, q.offset)?;
     let user = if who.is_admin() {
         q.booking_user_id
     } else {
         Some(who.user_id.clone())
     };
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) || q.offset.is_some_and(|o| o < 0) {
-        return Err(Problem::bad_request(
-            "limit must be 1..=1000 and offset >= 0",
-        ));
-    }
     let filter = BookingFilter {
         user,
         room: q.room_id,
         status,
-        limit,
-        offset: q.offset.unwrap_or(0),
+        limit: paging.limit,
+        offset: paging.offset,
     };
     Ok(Json(store::list_bookings(&state.db.pool, &filter).await?).into_response())
 }
@@ -472,9 +462,8 @@ struct Interval {
 async fn availability(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    query: Result<Query<AvailabilityQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<AvailabilityQuery>,
 ) -> Result<Response, Problem> {
-    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     let id = parse_room(&id)?;
     let parse = |s: &Option<String>, name: &str| {
         s.as_deref()

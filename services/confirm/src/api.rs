@@ -1,7 +1,7 @@
 //! The HTTP API of the confirm service: the admin's approval queue and decisions.
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::HeaderMap,
     response::{IntoResponse, Response},
     routing::get,
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use platform::{
     clock::Clock,
     db::Db,
-    http::{ApiJson, Identity, Problem},
+    http::{parse_choice, ApiJson, ApiQuery, Identity, Paging, Problem},
     outbox::OutboxSignal,
     trace::{self, TraceParent},
 };
@@ -90,20 +90,15 @@ struct ListQuery {
 async fn list(
     State(state): State<AppState>,
     who: Identity,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Response, Problem> {
     who.require_admin()?;
-    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
-    let status = q
-        .status
-        .map(|s| {
-            ConfirmStatus::parse(&s).ok_or_else(|| {
-                Problem::bad_request(format!(
-                    "status `{s}` is not one of BOOKED, CONFIRMED, DENIED"
-                ))
-            })
-        })
-        .transpose()?;
+    let status = parse_choice(
+        "status",
+        q.status.as_deref(),
+        ConfirmStatus::parse,
+        &["BOOKED", "CONFIRMED", "DENIED"],
+    )?;
     let booking_id = q
         .booking_id
         .map(|b| {
@@ -111,18 +106,13 @@ async fn list(
                 .map_err(|_| Problem::bad_request(format!("bookingId `{b}` is not a UUID")))
         })
         .transpose()?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) || q.offset.is_some_and(|o| o < 0) {
-        return Err(Problem::bad_request(
-            "limit must be 1..=1000 and offset >= 0",
-        ));
-    }
+    let paging = Paging::new(q.limit, q.offset)?;
     let filter = ConfirmFilter {
         status,
         booking_id,
         include_closed: q.include_closed.unwrap_or(booking_id.is_some()),
-        limit,
-        offset: q.offset.unwrap_or(0),
+        limit: paging.limit,
+        offset: paging.offset,
     };
     Ok(Json(confirms::list(&state.db, &filter).await?).into_response())
 }

@@ -326,7 +326,10 @@ mod tests {
 /// `WEB_DIR`, which must hold the built page (`index.html`) when set.
 fn web_dir() -> anyhow::Result<Option<std::path::PathBuf>> {
     // Optional: unset or empty means no page.
-    let Some(dir) = std::env::var("WEB_DIR").ok().filter(|d| !d.trim().is_empty()) else {
+    let Some(dir) = std::env::var("WEB_DIR")
+        .ok()
+        .filter(|d| !d.trim().is_empty())
+    else {
         return Ok(None);
     };
     let dir = std::path::PathBuf::from(dir);

@@ -60,7 +60,7 @@ pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<
         api.merge(http::health_routes(readiness)).merge(web),
         "gateway",
     )
-        .layer(layers::compression());
+    .layer(layers::compression());
     if let Some(cors) = layers::cors(&config.cors) {
         router = router.layer(cors);
     }

@@ -66,7 +66,11 @@ async fn dev_token(
             "user must be 1 to 64 letters, digits, '.', '_' or '-'",
         ));
     }
-    let roles: &[&str] = if q.admin { &["user", "admin"] } else { &["user"] };
+    let roles: &[&str] = if q.admin {
+        &["user", "admin"]
+    } else {
+        &["user"]
+    };
     let email = format!("{}@example.com", q.user);
     let token = mint_token(
         &jwt.secret,

@@ -6,14 +6,14 @@
 //! - `GET /notifications/{id}`: one record (404 for another user's).
 
 use axum::{
-    extract::{rejection::QueryRejection, Path, Query, State},
+    extract::{Path, State},
     response::{IntoResponse, Response},
     routing::get,
     Json, Router,
 };
 use platform::{
     db::Db,
-    http::{Identity, Problem},
+    http::{parse_choice, ApiQuery, Identity, Paging, Problem},
 };
 use serde::Deserialize;
 use uuid::Uuid;
@@ -61,8 +61,8 @@ struct ListQuery {
     offset: Option<i64>,
 }
 
-fn one_of<T: Copy>(all: &[T], name: impl Fn(T) -> &'static str) -> String {
-    all.iter().map(|t| name(*t)).collect::<Vec<_>>().join(", ")
+fn names<T: Copy>(all: &[T], name: impl Fn(T) -> &'static str) -> Vec<&'static str> {
+    all.iter().map(|t| name(*t)).collect()
 }
 
 /// The mail records, newest first: a user sees the mail sent to them as booker, an admin all.
@@ -80,9 +80,8 @@ fn one_of<T: Copy>(all: &[T], name: impl Fn(T) -> &'static str) -> String {
 async fn list(
     State(state): State<AppState>,
     who: Identity,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Response, Problem> {
-    let Query(q) = query.map_err(|e| Problem::bad_request(e.body_text()))?;
     let booking = q
         .booking_id
         .as_deref()
@@ -91,37 +90,20 @@ async fn list(
                 .map_err(|_| Problem::bad_request(format!("bookingId `{b}` is not a booking id")))
         })
         .transpose()?;
-    let status = q
-        .status
-        .as_deref()
-        .map(|s| {
-            Status::parse(&s.trim().to_ascii_uppercase()).ok_or_else(|| {
-                Problem::bad_request(format!(
-                    "status `{s}` is not one of {}",
-                    one_of(&Status::ALL, Status::as_str)
-                ))
-            })
-        })
-        .transpose()?;
-    let kind = q
-        .kind
-        .as_deref()
-        .map(|k| {
-            Kind::parse(&k.trim().to_ascii_uppercase()).ok_or_else(|| {
-                Problem::bad_request(format!(
-                    "kind `{k}` is not one of {}",
-                    one_of(&Kind::ALL, Kind::as_str)
-                ))
-            })
-        })
-        .transpose()?;
-    let limit = q.limit.unwrap_or(100);
-    let offset = q.offset.unwrap_or(0);
-    if !(1..=1000).contains(&limit) || offset < 0 {
-        return Err(Problem::bad_request(
-            "limit must be 1..=1000 and offset >= 0",
-        ));
-    }
+    // Matched case-insensitively.
+    let status = parse_choice(
+        "status",
+        q.status.as_deref(),
+        |s| Status::parse(&s.trim().to_ascii_uppercase()),
+        &names(&Status::ALL, Status::as_str),
+    )?;
+    let kind = parse_choice(
+        "kind",
+        q.kind.as_deref(),
+        |k| Kind::parse(&k.trim().to_ascii_uppercase()),
+        &names(&Kind::ALL, Kind::as_str),
+    )?;
+    let Paging { limit, offset } = Paging::new(q.limit, q.offset)?;
     let filter = Filter {
         owner: (!who.is_admin()).then(|| who.user_id.clone()),
         booking,

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use axum::{
-    extract::{rejection::JsonRejection, FromRequest, FromRequestParts, Request},
+    extract::{rejection::JsonRejection, FromRequest, FromRequestParts, Query, Request},
     http::{header, request::Parts, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
@@ -197,6 +197,67 @@ fn json_problem(rejection: JsonRejection) -> Problem {
     p
 }
 
+/// `Query<T>` whose rejections (a value of the wrong type, a malformed query) are 400 problems.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| Problem::bad_request(e.body_text()))
+    }
+}
+
+/// The `limit` / `offset` of a list request, checked once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paging {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl Paging {
+    pub const DEFAULT_LIMIT: i64 = 100;
+    pub const MAX_LIMIT: i64 = 1000;
+
+    pub fn new(limit: Option<i64>, offset: Option<i64>) -> Result<Self, Problem> {
+        let paging = Paging {
+            limit: limit.unwrap_or(Self::DEFAULT_LIMIT),
+            offset: offset.unwrap_or(0),
+        };
+        if !(1..=Self::MAX_LIMIT).contains(&paging.limit) || paging.offset < 0 {
+            return Err(Problem::bad_request(format!(
+                "limit must be 1..={} and offset >= 0",
+                Self::MAX_LIMIT
+            )));
+        }
+        Ok(paging)
+    }
+}
+
+/// Parses an optional query value with `parse`; an unknown one is a 400 naming the allowed ones.
+pub fn parse_choice<T>(
+    name: &str,
+    value: Option<&str>,
+    parse: impl Fn(&str) -> Option<T>,
+    allowed: &[&str],
+) -> Result<Option<T>, Problem> {
+    value
+        .map(|v| {
+            parse(v).ok_or_else(|| {
+                Problem::bad_request(format!("{name} `{v}` is not one of {}", allowed.join(", ")))
+                    .with_extra(json!({ "parameter": name, "allowed": allowed }))
+            })
+        })
+        .transpose()
+}
+
 /// The caller, as verified by the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -343,4 +404,46 @@ pub async fn serve(
     .with_graceful_shutdown(async move { cancel.cancelled().await })
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paging_defaults_and_bounds() {
+        assert_eq!(
+            Paging::new(None, None).unwrap(),
+            Paging {
+                limit: 100,
+                offset: 0
+            }
+        );
+        assert_eq!(
+            Paging::new(Some(5), Some(10)).unwrap(),
+            Paging {
+                limit: 5,
+                offset: 10
+            }
+        );
+        for (limit, offset) in [(Some(0), None), (Some(1001), None), (None, Some(-1))] {
+            assert_eq!(
+                Paging::new(limit, offset).unwrap_err().status,
+                StatusCode::BAD_REQUEST
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_choice_names_the_allowed_values() {
+        let parse = |s: &str| (s == "A").then_some(1);
+        assert_eq!(
+            parse_choice("status", Some("A"), parse, &["A"]).unwrap(),
+            Some(1)
+        );
+        assert_eq!(parse_choice("status", None, parse, &["A"]).unwrap(), None);
+        let problem = parse_choice("status", Some("B"), parse, &["A", "C"]).unwrap_err();
+        assert_eq!(problem.status, StatusCode::BAD_REQUEST);
+        assert!(problem.detail.contains("A, C"));
+    }
 }
