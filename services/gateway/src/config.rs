@@ -297,6 +297,25 @@ pub fn parse_upstream(url: &str) -> anyhow::Result<Url> {
     Ok(parsed)
 }
 
+/// `WEB_DIR`, which must hold the built page (`index.html`) when set.
+fn web_dir() -> anyhow::Result<Option<std::path::PathBuf>> {
+    // Optional: unset or empty means no page.
+    let Some(dir) = std::env::var("WEB_DIR")
+        .ok()
+        .filter(|d| !d.trim().is_empty())
+    else {
+        return Ok(None);
+    };
+    let dir = std::path::PathBuf::from(dir);
+    if !dir.join("index.html").is_file() {
+        bail!(
+            "WEB_DIR={} has no index.html: build the page first (cd web && npm ci && npm run build)",
+            dir.display()
+        );
+    }
+    Ok(Some(dir))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,23 +340,4 @@ mod tests {
         assert!(CorsOrigins::parse("app.example.com").is_err());
         assert!(CorsOrigins::parse("*, https://app.example.com").is_err());
     }
-}
-
-/// `WEB_DIR`, which must hold the built page (`index.html`) when set.
-fn web_dir() -> anyhow::Result<Option<std::path::PathBuf>> {
-    // Optional: unset or empty means no page.
-    let Some(dir) = std::env::var("WEB_DIR")
-        .ok()
-        .filter(|d| !d.trim().is_empty())
-    else {
-        return Ok(None);
-    };
-    let dir = std::path::PathBuf::from(dir);
-    if !dir.join("index.html").is_file() {
-        bail!(
-            "WEB_DIR={} has no index.html: build the page first (cd web && npm ci && npm run build)",
-            dir.display()
-        );
-    }
-    Ok(Some(dir))
 }
