@@ -251,6 +251,9 @@ def env_problems(model: Model, workload: Resource, container: dict, crate) -> li
         required |= {"DATABASE_URL"}
     if "NATS_STREAM_REPLICAS" in reads:
         required |= {"NATS_STREAM_REPLICAS"}
+    # The gateway checks tokens with a shared key, an identity provider's keys, or both.
+    if "JWT_SECRET" in reads and "JWT_SECRET" not in env and "JWT_JWKS_URL" not in env:
+        problems.append(f"{crate.name} needs JWT_SECRET or JWT_JWKS_URL, which is not set")
     if "SMTP_URL" in reads and "SMTP_URL" not in env and "SMTP_HOST" not in env:
         problems.append("neither SMTP_URL nor SMTP_HOST is set: mail would go to files in a read-only container")
     # <NAME>_URL where NAME is a Service of this deployment: the program talks to that Service.

@@ -64,22 +64,22 @@ fn parse_mint(mut args: impl Iterator<Item = String>) -> Result<MintArgs, String
     })
 }
 
-/// The token for `args`, signed as `jwt` says.
-pub fn mint(jwt: &JwtConfig, args: &MintArgs) -> String {
+/// The token for `args`, signed as `jwt` says; an error when `JWT_SECRET` is not set.
+pub fn mint(jwt: &JwtConfig, args: &MintArgs) -> anyhow::Result<String> {
     let roles: &[&str] = if args.admin {
         &["user", "admin"]
     } else {
         &["user"]
     };
-    mint_token(
-        &jwt.secret,
+    Ok(mint_token(
+        jwt.minting_secret()?,
         &jwt.issuer,
         &jwt.audience,
         &args.user,
         args.email.as_deref(),
         roles,
         args.ttl,
-    )
+    ))
 }
 
 #[cfg(test)]

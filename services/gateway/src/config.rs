@@ -14,9 +14,24 @@
 //! | `CIRCUIT_BREAKER_FAILURES` | `5` | consecutive failures of one upstream that open its circuit |
 //! | `CIRCUIT_BREAKER_OPEN_MS` | `5000` | how long an open circuit refuses calls before one probes the upstream |
 //! | `CORS_ALLOWED_ORIGINS` | unset (no CORS) | comma-separated origins browsers may call from (`https://app.example.com`), or `*` |
-//! | `JWT_SECRET` | required | HS256 key shared with whoever mints tokens |
+//! | `JWT_SECRET` | unset | HS256 key shared with whoever mints tokens (`mint-token`, `/dev/token`) |
+//! | `JWT_JWKS_URL` | unset | an identity provider's JWK set (`http://` only); RS256 and ES256 tokens are checked with its keys, picked by the token's `kid` |
+//! | `JWT_JWKS_REFRESH_SECS` | `300` | how often the JWK set is fetched again |
 //! | `JWT_ISSUER` | `roombook` | the `iss` tokens must carry |
 //! | `JWT_AUDIENCE` | `roombook-api` | the `aud` tokens must carry |
+//!
+//! At least one of `JWT_SECRET` and `JWT_JWKS_URL` must be set, or the gateway does not start.
+//! With both, HS256 tokens are checked with the secret and RS256/ES256 tokens with the JWK set;
+//! with one, tokens of the other kind are refused (401), as are every other algorithm and `none`.
+//!
+//! The JWK set is fetched at start-up in the background: an unreachable identity provider does
+//! not stop the gateway, it is retried (after 1 s, doubling up to the refresh interval). Until a
+//! first JWK set has been loaded, RS256/ES256 tokens are answered 503 problem+json with
+//! `Retry-After` (the token may be valid: the client should retry, not sign in again); HS256
+//! tokens are unaffected. A token naming a `kid` the loaded set lacks makes the gateway fetch the
+//! set again at once (at most once per 30 s, so a key rotated in at the provider is picked up
+//! without waiting for the refresh), and is answered 401 if the key is still unknown. A fetch
+//! that fails or yields no usable key keeps the keys loaded before.
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
@@ -81,35 +96,79 @@ impl Service {
 /// How bearer tokens are checked (and, for dev tokens, minted).
 #[derive(Clone)]
 pub struct JwtConfig {
-    pub secret: String,
+    /// The HS256 key; `None` when tokens come only from the JWK set.
+    pub secret: Option<String>,
     pub issuer: String,
     pub audience: String,
+    /// Where RS256/ES256 keys come from; `None` when only HS256 tokens are accepted.
+    pub jwks: Option<JwksConfig>,
 }
 
 impl JwtConfig {
     pub const DEFAULT_ISSUER: &'static str = "roombook";
     pub const DEFAULT_AUDIENCE: &'static str = "roombook-api";
 
-    /// Reads `JWT_SECRET` (required), `JWT_ISSUER` and `JWT_AUDIENCE`.
+    /// Reads `JWT_SECRET`, `JWT_JWKS_URL`, `JWT_JWKS_REFRESH_SECS`, `JWT_ISSUER` and
+    /// `JWT_AUDIENCE`; at least one of the first two must be set.
     pub fn from_env() -> anyhow::Result<Self> {
-        let secret = env_or("JWT_SECRET", "");
-        if secret.is_empty() {
-            bail!("JWT_SECRET must be set: it is the key that signs and verifies bearer tokens");
+        // Each is optional on its own; the check below wants at least one.
+        let secret = std::env::var("JWT_SECRET")
+            .ok()
+            .filter(|v| !v.trim().is_empty());
+        let jwks_url = std::env::var("JWT_JWKS_URL")
+            .ok()
+            .filter(|v| !v.trim().is_empty());
+        let jwks = if let Some(url) = jwks_url {
+            let refresh_secs: u64 = env_or("JWT_JWKS_REFRESH_SECS", "300")
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .context("JWT_JWKS_REFRESH_SECS must be a positive number of seconds")?;
+            let mut jwks = JwksConfig::new(&url).context("JWT_JWKS_URL")?;
+            jwks.refresh_every = Duration::from_secs(refresh_secs);
+            Some(jwks)
+        } else {
+            None
+        };
+        if secret.is_none() && jwks.is_none() {
+            bail!(
+                "set JWT_SECRET (the key of HS256 tokens), JWT_JWKS_URL (the identity provider's \
+                 keys for RS256/ES256 tokens), or both: without either no token can be checked"
+            );
         }
         Ok(JwtConfig {
             secret,
             issuer: env_or("JWT_ISSUER", Self::DEFAULT_ISSUER),
             audience: env_or("JWT_AUDIENCE", Self::DEFAULT_AUDIENCE),
+            jwks,
         })
     }
 
-    /// The default issuer and audience with the given secret.
+    /// The default issuer and audience with the given secret, and no JWK set.
     pub fn with_secret(secret: &str) -> Self {
         JwtConfig {
-            secret: secret.to_string(),
+            secret: Some(secret.to_string()),
             issuer: Self::DEFAULT_ISSUER.to_string(),
             audience: Self::DEFAULT_AUDIENCE.to_string(),
+            jwks: None,
         }
+    }
+
+    /// The default issuer and audience with keys from a JWK set only (no HS256).
+    pub fn with_jwks(jwks: JwksConfig) -> Self {
+        JwtConfig {
+            secret: None,
+            issuer: Self::DEFAULT_ISSUER.to_string(),
+            audience: Self::DEFAULT_AUDIENCE.to_string(),
+            jwks: Some(jwks),
+        }
+    }
+
+    /// The secret that signs dev tokens (`mint-token`, `/dev/token`).
+    pub fn minting_secret(&self) -> anyhow::Result<&str> {
+        self.secret.as_deref().context(
+            "JWT_SECRET must be set to mint tokens: it is the key that signs and verifies them",
+        )
     }
 }
 
@@ -117,10 +176,44 @@ impl JwtConfig {
 impl std::fmt::Debug for JwtConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtConfig")
-            .field("secret", &"<redacted>")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("jwks", &self.jwks)
             .finish()
+    }
+}
+
+/// Where the identity provider publishes its signing keys, and how often to look again.
+#[derive(Debug, Clone)]
+pub struct JwksConfig {
+    pub url: Url,
+    /// How long after a successful fetch the set is fetched again (`JWT_JWKS_REFRESH_SECS`).
+    pub refresh_every: Duration,
+    /// The least time between two fetches caused by tokens naming an unknown `kid`: a flood of
+    /// made-up key ids costs the identity provider one request per interval.
+    pub min_refetch_interval: Duration,
+}
+
+impl JwksConfig {
+    pub const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
+    pub const DEFAULT_MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+
+    /// The set at `url` (plain `http`, like the upstreams: reqwest is built without TLS) with
+    /// the default intervals.
+    pub fn new(url: &str) -> anyhow::Result<Self> {
+        let parsed = Url::parse(url).with_context(|| format!("{url:?} is not a URL"))?;
+        if parsed.scheme() != "http" {
+            bail!(
+                "{url:?}: only http:// is supported (reach an https identity provider through the \
+                 mesh's egress, which originates TLS)"
+            );
+        }
+        Ok(JwksConfig {
+            url: parsed,
+            refresh_every: Self::DEFAULT_REFRESH,
+            min_refetch_interval: Self::DEFAULT_MIN_REFETCH_INTERVAL,
+        })
     }
 }
 
@@ -239,13 +332,18 @@ impl Config {
             .ok()
             .filter(|n| *n > 0)
             .context("CIRCUIT_BREAKER_OPEN_MS must be a positive number of milliseconds")?;
+        let jwt = JwtConfig::from_env()?;
+        let dev_tokens = env_or("DEV_TOKENS", "false") == "true";
+        if dev_tokens {
+            jwt.minting_secret().context("DEV_TOKENS=true")?;
+        }
         Ok(Config {
             http_addr: env_or("HTTP_ADDR", "0.0.0.0:8088")
                 .parse()
                 .context("HTTP_ADDR must be host:port")?,
             upstreams,
             upstream_timeout: Duration::from_millis(timeout_ms),
-            jwt: JwtConfig::from_env()?,
+            jwt,
             max_concurrent_requests,
             breaker: BreakerConfig {
                 failures,
@@ -255,7 +353,7 @@ impl Config {
             cors: CorsOrigins::parse(&std::env::var("CORS_ALLOWED_ORIGINS").unwrap_or_default())
                 .context("CORS_ALLOWED_ORIGINS")?,
             web_dir: web_dir()?,
-            dev_tokens: env_or("DEV_TOKENS", "false") == "true",
+            dev_tokens,
         })
     }
 

@@ -13,6 +13,7 @@ pub mod cli;
 mod compat;
 pub mod config;
 pub mod docs;
+pub mod jwks;
 pub mod layers;
 pub mod proxy;
 pub mod web;
@@ -28,7 +29,7 @@ use reqwest::Url;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{mint_token, AuthError, Verifier};
-pub use config::{BreakerConfig, Config, CorsOrigins, JwtConfig, Service};
+pub use config::{BreakerConfig, Config, CorsOrigins, JwksConfig, JwtConfig, Service};
 
 /// Starts the gateway on `config.http_addr`; it runs until `cancel` fires.
 pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<RunningService> {
@@ -48,8 +49,14 @@ pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<
             .collect(),
         timeout: config.upstream_timeout.min(Duration::from_secs(2)),
     };
+    let mut verifier = Verifier::new(&config.jwt);
+    if let Some(jwks) = &config.jwt.jwks {
+        tracing::info!(url = %jwks.url, "RS256/ES256 tokens are checked with the JWK set");
+        verifier = verifier
+            .with_jwks(jwks::JwksStore::start(jwks.clone(), client.clone(), cancel.clone()).await);
+    }
     let api = layers::shed_load(
-        proxy::routes(&config, client).merge(docs::routes()),
+        proxy::routes(&config, client, verifier).merge(docs::routes()),
         config.max_concurrent_requests,
     );
     let web = web::routes(

@@ -20,16 +20,18 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         // No logging here: the token must be alone on stdout.
-        Command::MintToken(args) => match JwtConfig::from_env() {
-            Ok(jwt) => {
-                println!("{}", cli::mint(&jwt, &args));
-                ExitCode::SUCCESS
+        Command::MintToken(args) => {
+            match JwtConfig::from_env().and_then(|jwt| cli::mint(&jwt, &args)) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Serve => {
             platform::telemetry::init("gateway");
             let result = match Config::from_env() {

@@ -153,11 +153,14 @@ impl IntoResponse for ProxyError {
         match self {
             ProxyError::NoRoute => Problem::not_found("no such route").into_response(),
             ProxyError::Unauthenticated(e) => {
+                let unauthorized = e.is_unauthorized();
                 let mut response = Problem::from(e).into_response();
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"roombook\""),
-                );
+                if unauthorized {
+                    response.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer realm=\"roombook\""),
+                    );
+                }
                 response
             }
             ProxyError::NotAdmin(what) => {
@@ -251,12 +254,13 @@ pub(crate) struct Proxy {
     breakers: Breakers,
 }
 
-/// The proxied routes (without the health probes and common layers).
-pub fn routes(config: &Config, client: reqwest::Client) -> Router {
+/// The proxied routes (without the health probes and common layers), authenticating callers
+/// with `verifier`.
+pub fn routes(config: &Config, client: reqwest::Client, verifier: Verifier) -> Router {
     let proxy = Arc::new(Proxy {
         client,
         upstreams: config.upstreams.clone(),
-        verifier: Verifier::new(&config.jwt),
+        verifier,
         timeout: config.upstream_timeout,
         breakers: Breakers::new(config.breaker),
     });
@@ -283,7 +287,7 @@ impl Proxy {
         let (parts, body) = request.into_parts();
         let target = resolve(&parts.uri)?;
         let route = route_for(target.path()).ok_or(ProxyError::NoRoute)?;
-        let identity = self.verifier.authenticate(&parts.headers)?;
+        let identity = self.verifier.authenticate(&parts.headers).await?;
         authorize(route, &parts.method, &identity)?;
         let base = self
             .upstreams

@@ -72,8 +72,10 @@ async fn dev_token(
         &["user"]
     };
     let email = format!("{}@example.com", q.user);
+    // The configuration refuses DEV_TOKENS=true without JWT_SECRET.
+    let secret = jwt.minting_secret().map_err(|e| Problem::internal(&e))?;
     let token = mint_token(
-        &jwt.secret,
+        secret,
         &jwt.issuer,
         &jwt.audience,
         &q.user,

@@ -9,6 +9,9 @@ fn gateway_binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_roombook-gateway"));
     command
         .env_remove("JWT_SECRET")
+        .env_remove("JWT_JWKS_URL")
+        .env_remove("JWT_JWKS_REFRESH_SECS")
+        .env_remove("DEV_TOKENS")
         .env_remove("JWT_ISSUER")
         .env_remove("JWT_AUDIENCE")
         .stdin(Stdio::null())
@@ -48,6 +51,7 @@ async fn mint_token_prints_only_a_token_that_the_gateway_accepts() {
 
     let identity = Verifier::new(&JwtConfig::with_secret(SECRET))
         .verify(token)
+        .await
         .unwrap();
     assert_eq!(identity.user_id, "alice");
     assert_eq!(identity.email.as_deref(), Some("alice@example.com"));
@@ -75,17 +79,18 @@ async fn mint_token_uses_the_configured_issuer_and_audience() {
     assert!(output.status.success());
     let token = String::from_utf8(output.stdout).unwrap();
     let jwt = JwtConfig {
-        secret: SECRET.into(),
         issuer: "corp".into(),
         audience: "rooms".into(),
+        ..JwtConfig::with_secret(SECRET)
     };
-    let identity = Verifier::new(&jwt).verify(token.trim()).unwrap();
+    let identity = Verifier::new(&jwt).verify(token.trim()).await.unwrap();
     assert_eq!(
         (identity.user_id.as_str(), identity.roles.as_slice()),
         ("bob", &["user".to_string()][..])
     );
     assert!(Verifier::new(&JwtConfig::with_secret(SECRET))
         .verify(token.trim())
+        .await
         .is_err());
 }
 

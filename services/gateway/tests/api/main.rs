@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod fault;
 mod helpers;
+mod jwks;
 mod layers;
 mod matrix;
 mod openapi;

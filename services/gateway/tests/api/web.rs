@@ -95,7 +95,10 @@ async fn dev_tokens_sign_in_a_user_or_an_admin_when_switched_on() {
         .json()
         .await
         .unwrap();
-    let alice = verifier.verify(body["token"].as_str().unwrap()).unwrap();
+    let alice = verifier
+        .verify(body["token"].as_str().unwrap())
+        .await
+        .unwrap();
     assert_eq!(alice.user_id, "alice");
     assert_eq!(alice.email.as_deref(), Some("alice@example.com"));
     assert!(!alice.is_admin());
@@ -111,6 +114,7 @@ async fn dev_tokens_sign_in_a_user_or_an_admin_when_switched_on() {
         .unwrap();
     assert!(verifier
         .verify(body["token"].as_str().unwrap())
+        .await
         .unwrap()
         .is_admin());
 
