@@ -62,10 +62,31 @@ pub async fn create(
     req: NewBooking,
     trace: &TraceParent,
 ) -> Result<Created, BookingError> {
+    // PostgreSQL may abort one of several transactions racing for one slot as a deadlock (two
+    // inserts waiting on each other through the exclusion constraint); trying again is safe and
+    // then finds the winner's booking (409) or the slot free.
+    let mut attempt = 1;
+    loop {
+        match create_once(db, outbox, &req, trace).await {
+            Err(BookingError::Database(e)) if db::is_transient(&e) && attempt < 5 => {
+                tracing::debug!(error = %e, attempt, "create booking: transient conflict, trying again");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn create_once(
+    db: &Db,
+    outbox: &OutboxSignal,
+    req: &NewBooking,
+    trace: &TraceParent,
+) -> Result<Created, BookingError> {
     let mut tx = db.begin().await?;
     if let Some(key) = &req.idempotency_key {
         if let Some(existing) = store::find_by_idempotency_key(&mut *tx, &req.user_id, key).await? {
-            return replay(existing, &req);
+            return replay(existing, req);
         }
     }
     if store::get_room(&mut *tx, req.room_id).await?.is_none() {
@@ -112,7 +133,7 @@ pub async fn create(
             drop(tx);
             let key = req.idempotency_key.as_deref().unwrap_or_default();
             return match store::find_by_idempotency_key(&db.pool, &req.user_id, key).await? {
-                Some(existing) => replay(existing, &req),
+                Some(existing) => replay(existing, req),
                 None => Err(e.into()),
             };
         }
@@ -128,7 +149,7 @@ pub async fn create(
     emit(&mut tx, &booking, event, trace).await?;
     tx.commit().await.map_err(|e| {
         if db::error_mentions(&e, "booking_overlap") {
-            overlap_of(&req)
+            overlap_of(req)
         } else {
             e.into()
         }

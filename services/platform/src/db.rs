@@ -182,6 +182,20 @@ pub fn is_conflict(e: &sqlx::Error) -> bool {
     }
 }
 
+/// True when the database gave up on the transaction for reasons a retry can overcome: a
+/// deadlock, a serialization failure, or (SQLite) a lock it could not get in time.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            matches!(
+                db.code().as_deref(),
+                Some("40P01" | "40001" | "5" | "6" | "517")
+            ) || db.message().contains("database is locked")
+        }
+        _ => false,
+    }
+}
+
 /// True when the error carries the given message raised by a trigger or constraint name.
 pub fn error_mentions(e: &sqlx::Error, needle: &str) -> bool {
     match e {

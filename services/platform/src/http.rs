@@ -146,6 +146,12 @@ impl From<sqlx::Error> for Problem {
                 tracing::warn!(error = %e, "database unavailable");
                 Problem::unavailable("the database is unavailable; try again shortly", 2)
             }
+            // A deadlock or serialization failure that outlived our own retries: the caller may
+            // safely try again.
+            ref db if crate::db::is_transient(db) => {
+                tracing::warn!(error = %e, "transaction aborted by the database");
+                Problem::unavailable("the request collided with another; try again", 1)
+            }
             other => Problem::internal(&other.into()),
         }
     }
