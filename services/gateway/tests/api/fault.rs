@@ -18,7 +18,7 @@ async fn a_stopped_service_fails_fast_while_the_others_work_and_recovers_without
     let mut stack = Stack::start(|config| {
         config.breaker = BreakerConfig {
             failures: 2,
-            open_for: Duration::from_secs(2),
+            open_for: Duration::from_secs(6),
         }
     })
     .await;
