@@ -276,8 +276,13 @@ pub async fn run(settings: Settings) {
         .await;
     done.cancel();
     let (kills, nats_restarted) = chaos.await.expect("chaos task");
-    println!("chaos: {kills} kills/restarts during the run, nats-server restarted: {nats_restarted}");
-    assert!(kills >= 5 && nats_restarted, "the run was too short for the faults it is meant to show");
+    println!(
+        "chaos: {kills} kills/restarts during the run, nats-server restarted: {nats_restarted}"
+    );
+    assert!(
+        kills >= 5 && nats_restarted,
+        "the run was too short for the faults it is meant to show"
+    );
 
     // Everything runs again; every saga must settle on its own.
     {
@@ -301,10 +306,14 @@ pub async fn run(settings: Settings) {
     let mut result = check(&driver, &urls, &expected, &settled).await;
     if result.is_ok() {
         // The read model catches up on its own; once it has, it must agree with the services.
-        let agreement = eventually("the booking list to agree", Duration::from_secs(120), || async {
-            let problems = booking_list_disagreements(&driver, &urls, &settled).await?;
-            problems.is_empty().then_some(())
-        })
+        let agreement = eventually(
+            "the booking list to agree",
+            Duration::from_secs(120),
+            || async {
+                let problems = booking_list_disagreements(&driver, &urls, &settled).await?;
+                problems.is_empty().then_some(())
+            },
+        )
         .await;
         result = Ok(agreement);
     }
@@ -656,11 +665,18 @@ async fn check(
 
 /// Rows of the booking list that disagree with the sagas (and, through `check`, with booking and
 /// confirm); None while the list cannot be read.
-async fn booking_list_disagreements(driver: &Driver, urls: &Urls, sagas: &[Value]) -> Option<Vec<String>> {
+async fn booking_list_disagreements(
+    driver: &Driver,
+    urls: &Urls,
+    sagas: &[Value],
+) -> Option<Vec<String>> {
     let mut rows = BTreeMap::new();
     for page in 1.. {
         let list = driver
-            .get(&format!("{}/bookingLists?size=200&page={page}", urls.bookinglist))
+            .get(&format!(
+                "{}/bookingLists?size=200&page={page}",
+                urls.bookinglist
+            ))
             .await?;
         let items = list["items"].as_array()?;
         for row in items {
@@ -678,9 +694,16 @@ async fn booking_list_disagreements(driver: &Driver, urls: &Urls, sagas: &[Value
             continue;
         };
         let state = saga["state"].as_str()?;
-        let want_status = if state == "COMPLETED" { "CONFIRMED" } else { "CANCELLED" };
+        let want_status = if state == "COMPLETED" {
+            "CONFIRMED"
+        } else {
+            "CANCELLED"
+        };
         if row["sagaState"] != state || row["bookingStatus"] != want_status {
-            problems.push(format!("{id}: list shows {} / {}, saga {state}", row["bookingStatus"], row["sagaState"]));
+            problems.push(format!(
+                "{id}: list shows {} / {}, saga {state}",
+                row["bookingStatus"], row["sagaState"]
+            ));
         }
     }
     if rows.len() != sagas.len() {
