@@ -18,7 +18,7 @@ use platform::{
     http::{parse_choice, ApiQuery, Identity, Paging, Problem},
     outbox::OutboxSignal,
     time::parse_client_time,
-    trace::{self, TraceParent},
+    trace::TraceParent,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -274,8 +274,7 @@ async fn admin_step(
         state: transition.saga.state.as_str().into(),
         note: Some(format!("by {}", who.user_id)),
     };
-    let trace =
-        TraceParent::continue_or_start(headers.get(trace::HEADER).and_then(|v| v.to_str().ok()));
+    let trace = TraceParent::from_http(headers);
     let when = Schedule {
         now,
         policy: &state.policy,

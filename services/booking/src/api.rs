@@ -15,7 +15,7 @@ use platform::{
     http::{parse_choice, ApiJson, ApiQuery, Identity, Paging, Problem},
     outbox::OutboxSignal,
     time::parse_client_time,
-    trace::{self, TraceParent},
+    trace::TraceParent,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -116,7 +116,7 @@ struct CreateBookingRequest {
 }
 
 fn trace_of(headers: &HeaderMap) -> TraceParent {
-    TraceParent::continue_or_start(headers.get(trace::HEADER).and_then(|v| v.to_str().ok()))
+    TraceParent::from_http(headers)
 }
 
 /// Books a room for the caller: the booking starts `BOOKED` and waits for an admin's approval.

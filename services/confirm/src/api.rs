@@ -14,7 +14,7 @@ use platform::{
     db::Db,
     http::{parse_choice, ApiJson, ApiQuery, Identity, Paging, Problem},
     outbox::OutboxSignal,
-    trace::{self, TraceParent},
+    trace::TraceParent,
 };
 use serde::Deserialize;
 use uuid::Uuid;
@@ -194,8 +194,7 @@ async fn decide(
             "reason is longer than 1000 characters",
         ));
     }
-    let trace =
-        TraceParent::continue_or_start(headers.get(trace::HEADER).and_then(|v| v.to_str().ok()));
+    let trace = TraceParent::from_http(&headers);
     let confirm = confirms::decide(
         &state.db,
         &state.outbox,

@@ -455,8 +455,7 @@ fn upstream_headers(incoming: &HeaderMap, identity: &Identity) -> HeaderMap {
             headers.append(name.clone(), value.clone());
         }
     }
-    let traceparent =
-        TraceParent::continue_or_start(incoming.get(trace::HEADER).and_then(|v| v.to_str().ok()));
+    let traceparent = TraceParent::from_http(incoming);
     insert(&mut headers, trace::HEADER, &traceparent.to_string());
     insert(&mut headers, USER_ID_HEADER, &identity.user_id);
     if let Some(email) = &identity.email {

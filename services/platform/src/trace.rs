@@ -47,6 +47,11 @@ impl TraceParent {
         })
     }
 
+    /// Continues the trace of an HTTP request's `traceparent` header, else starts a new one.
+    pub fn from_http(headers: &axum::http::HeaderMap) -> Self {
+        Self::continue_or_start(headers.get(HEADER).and_then(|v| v.to_str().ok()))
+    }
+
     /// Continues the incoming trace if there is a valid one, else starts a new one.
     pub fn continue_or_start(incoming: Option<&str>) -> Self {
         incoming
