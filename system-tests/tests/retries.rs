@@ -60,6 +60,45 @@ async fn a_lost_command_is_sent_again_and_the_saga_goes_on(backend: TestBackend)
     stack.wait_confirm(&id).await;
 }
 
+async fn a_lost_reply_is_announced_again_when_the_command_is_repeated(backend: TestBackend) {
+    let mut stack = Stack::start(backend).await;
+    let js = stack.jetstream().await;
+    // The request waits while confirm is down, so the orchestrator can be stopped before the
+    // reply exists.
+    Stack::stop(&mut stack.confirm).await;
+    let id = stack.book("alice", 103, future(3, 9)).await;
+    wait_attempts(&stack, &id, 1).await;
+    Stack::stop(&mut stack.orchestrator).await;
+    stack.start_confirm().await;
+    let confirm_id = stack.wait_confirm(&id).await;
+    // The reply is lost on its way: removed from the stream before the orchestrator read it.
+    let events = js.get_stream(topology::EVENTS_STREAM).await.unwrap();
+    let subject = format!("{}.confirm.{id}.ConfirmRequested", topology::EVENTS_PREFIX);
+    let reply = eventually("the reply to be published", WAIT, || async {
+        events.get_last_raw_message_by_subject(&subject).await.ok()
+    })
+    .await;
+    events.delete_message(reply.sequence).await.unwrap();
+
+    stack.start_orchestrator().await;
+    assert_eq!(stack.wait_saga(&id, "STARTED").await["attempts"], 1);
+    // The repeated request finds the confirm already open; confirm answers with its latest fact.
+    stack.clock.advance(Duration::minutes(1));
+    let saga = stack.wait_saga(&id, "AWAITING_APPROVAL").await;
+    assert!(saga.get("pendingCommand").is_none(), "{saga}");
+    let again = events
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .unwrap();
+    assert!(
+        again.sequence > reply.sequence,
+        "a new ConfirmRequested was published"
+    );
+    let (status, body) = stack.decide(&confirm_id, "CONFIRMED", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    stack.wait_saga(&id, "COMPLETED").await;
+}
+
 async fn a_participant_that_never_answers_leaves_the_saga_stuck_until_an_admin_compensates(
     backend: TestBackend,
 ) {
@@ -120,5 +159,6 @@ async fn a_participant_that_never_answers_leaves_the_saga_stuck_until_an_admin_c
 
 on_both_backends!(
     a_lost_command_is_sent_again_and_the_saga_goes_on,
+    a_lost_reply_is_announced_again_when_the_command_is_repeated,
     a_participant_that_never_answers_leaves_the_saga_stuck_until_an_admin_compensates,
 );

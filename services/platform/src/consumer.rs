@@ -1,5 +1,11 @@
-//! Durable pull consumers: each message is handled inside one database transaction that also
+//! Durable pull consumers: each message is handled inside a database transaction that also
 //! records its `messageId`, and is acknowledged only after that transaction commits.
+//!
+//! Messages that have already arrived when the consumer is free are applied together, in
+//! delivery order, in one transaction (up to [`MAX_BATCH`]): one commit, one outbox wake-up and
+//! one round of acks per batch instead of per message. If any of them fails, the batch is rolled
+//! back and its messages are applied one transaction each, so one bad message never holds up
+//! the others and each gets its own retry or parking.
 //!
 //! - A redelivered message whose id is already recorded changes nothing and is acknowledged.
 //! - A handler failure rolls back and asks for redelivery after a growing delay
@@ -16,7 +22,7 @@ use async_nats::{
     header::{HeaderMap, NATS_MESSAGE_ID},
     jetstream::{self, message::PublishMessage, AckKind},
 };
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -28,6 +34,10 @@ use crate::{
     topology::{self, ConsumerSpec},
     trace::{self, TraceParent},
 };
+
+/// Most messages applied in one transaction. Large enough that commits stop mattering, small
+/// enough that a batch that has to be redone one by one is cheap.
+pub const MAX_BATCH: usize = 64;
 
 /// A delivered, parsed message.
 #[derive(Debug, Clone)]
@@ -95,30 +105,108 @@ pub async fn run<H: Handler>(
                 }
             }
         };
+        let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             let next = tokio::select! {
                 () = cancel.cancelled() => return,
                 next = messages.next() => next,
             };
+            let mut ended = false;
             match next {
-                Some(Ok(msg)) => process(&db, &js, &outbox, &spec, handler.as_ref(), msg).await,
+                Some(Ok(msg)) => batch.push(msg),
                 Some(Err(e)) => {
                     tracing::debug!(consumer = spec.durable, error = %e, "pull stream hiccup");
+                    continue;
                 }
                 None => break,
+            }
+            // Whatever else has already arrived joins the batch; nothing waits for more.
+            while batch.len() < MAX_BATCH {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(msg))) => batch.push(msg),
+                    Some(Some(Err(e))) => {
+                        tracing::debug!(consumer = spec.durable, error = %e, "pull stream hiccup");
+                        break;
+                    }
+                    Some(None) => {
+                        ended = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            process_batch(&db, &js, &outbox, &spec, handler.as_ref(), &mut batch).await;
+            if ended {
+                break;
             }
         }
     }
 }
 
-async fn process<H: Handler>(
+/// A delivered message that parsed and may be applied.
+struct Ready {
+    msg: jetstream::Message,
+    incoming: Incoming,
+    kind: String,
+    stream_seq: u64,
+    span: tracing::Span,
+}
+
+/// Applies `batch` (emptying it): together in one transaction, or one by one if that fails.
+async fn process_batch<H: Handler>(
     db: &Db,
     js: &jetstream::Context,
     outbox: &OutboxSignal,
     spec: &ConsumerSpec,
     handler: &H,
-    msg: jetstream::Message,
+    batch: &mut Vec<jetstream::Message>,
 ) {
+    let mut ready = Vec::with_capacity(batch.len());
+    for msg in batch.drain(..) {
+        if let Some(r) = prepare(js, spec, msg).await {
+            ready.push(r);
+        }
+    }
+    if ready.len() > 1 {
+        match apply_together(db, spec, handler, &ready).await {
+            Ok(applied) => {
+                metrics::batch(spec.durable, ready.len());
+                if applied.iter().any(|a| *a) {
+                    outbox.notify();
+                }
+                for (r, applied) in ready.iter().zip(applied) {
+                    acknowledge(spec, r, applied)
+                        .instrument(r.span.clone())
+                        .await;
+                }
+                return;
+            }
+            Err(e) => tracing::debug!(
+                consumer = spec.durable,
+                messages = ready.len(),
+                error = %format!("{e}"),
+                "batch rolled back; applying its messages one by one"
+            ),
+        }
+    }
+    for r in ready {
+        let span = r.span.clone();
+        async {
+            let result = apply(db, spec, handler, &r.incoming).await;
+            metrics::batch(spec.durable, 1);
+            finish(js, outbox, spec, &r, result).await;
+        }
+        .instrument(span)
+        .await;
+    }
+}
+
+/// Parses a delivery; parks it (and returns None) when it can never be applied.
+async fn prepare(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+    msg: jetstream::Message,
+) -> Option<Ready> {
     let (delivered, stream_seq) = match msg.info() {
         Ok(info) => (info.delivered, info.stream_sequence),
         Err(_) => (1, 0),
@@ -134,7 +222,7 @@ async fn process<H: Handler>(
     }
     if delivered > topology::MAX_ATTEMPTS {
         park(js, spec, &msg, stream_seq, "delivery attempts exhausted").await;
-        return;
+        return None;
     }
     let envelope = match Envelope::from_json(&msg.payload) {
         Ok(env) => env,
@@ -147,7 +235,7 @@ async fn process<H: Handler>(
                 &format!("unparseable message: {e}"),
             )
             .await;
-            return;
+            return None;
         }
     };
     let incoming_trace = msg
@@ -170,35 +258,81 @@ async fn process<H: Handler>(
         trace_id = %incoming.trace.trace_id,
         delivered,
     );
-    async {
-        match apply(db, spec, handler, &incoming).await {
-            Ok(applied) => {
-                if applied {
-                    outbox.notify();
-                    metrics::consumed(spec.durable, &kind, "applied");
-                } else {
-                    tracing::debug!("duplicate delivery, already applied");
-                    metrics::consumed(spec.durable, &kind, "duplicate");
-                }
-                if let Err(e) = msg.ack().await {
-                    // The server will redeliver; the recorded message id makes that a no-op.
-                    tracing::warn!(error = %e, "ack failed");
-                }
+    Some(Ready {
+        msg,
+        incoming,
+        kind,
+        stream_seq,
+        span,
+    })
+}
+
+/// Acknowledges, retries or parks a message after its own transaction ended with `result`.
+async fn finish(
+    js: &jetstream::Context,
+    outbox: &OutboxSignal,
+    spec: &ConsumerSpec,
+    r: &Ready,
+    result: Result<bool, HandleError>,
+) {
+    let delivered = r.incoming.delivered;
+    match result {
+        Ok(applied) => {
+            if applied {
+                outbox.notify();
             }
-            Err(HandleError::Park(reason)) => park(js, spec, &msg, stream_seq, &reason).await,
-            Err(HandleError::Retry(e)) if delivered >= topology::MAX_ATTEMPTS => {
-                park(js, spec, &msg, stream_seq, &format!("{e:#}")).await;
-            }
-            Err(HandleError::Retry(e)) => {
-                metrics::consumed(spec.durable, &kind, "retried");
-                let delay = topology::redelivery_delay(delivered);
-                tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "handler failed, will retry");
-                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
-            }
+            acknowledge(spec, r, applied).await;
+        }
+        Err(HandleError::Park(reason)) => park(js, spec, &r.msg, r.stream_seq, &reason).await,
+        Err(HandleError::Retry(e)) if delivered >= topology::MAX_ATTEMPTS => {
+            park(js, spec, &r.msg, r.stream_seq, &format!("{e:#}")).await;
+        }
+        Err(HandleError::Retry(e)) => {
+            metrics::consumed(spec.durable, &r.kind, "retried");
+            let delay = topology::redelivery_delay(delivered);
+            tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "handler failed, will retry");
+            let _ = r.msg.ack_with(AckKind::Nak(Some(delay))).await;
         }
     }
-    .instrument(span)
-    .await;
+}
+
+/// Acknowledges a message whose transaction committed (or that had been applied before).
+async fn acknowledge(spec: &ConsumerSpec, r: &Ready, applied: bool) {
+    if applied {
+        metrics::consumed(spec.durable, &r.kind, "applied");
+    } else {
+        tracing::debug!("duplicate delivery, already applied");
+        metrics::consumed(spec.durable, &r.kind, "duplicate");
+    }
+    if let Err(e) = r.msg.ack().await {
+        // The server will redeliver; the recorded message id makes that a no-op.
+        tracing::warn!(error = %e, "ack failed");
+    }
+}
+
+/// Applies several messages in one transaction, in order; for each, false when it had been
+/// applied before. Any failure rolls back all of them.
+async fn apply_together<H: Handler>(
+    db: &Db,
+    spec: &ConsumerSpec,
+    handler: &H,
+    ready: &[Ready],
+) -> Result<Vec<bool>, HandleError> {
+    let mut tx = db.begin().await?;
+    let mut applied = Vec::with_capacity(ready.len());
+    for r in ready {
+        let message_id = r.incoming.envelope.message_id.to_string();
+        let fresh = db::mark_processed(&mut tx, spec.durable, &message_id).await?;
+        if fresh {
+            handler
+                .handle(&mut tx, &r.incoming)
+                .instrument(r.span.clone())
+                .await?;
+        }
+        applied.push(fresh);
+    }
+    tx.commit().await?;
+    Ok(applied)
 }
 
 /// Applies the message in one transaction; false when it had been applied before.

@@ -29,7 +29,7 @@ pub enum Backend {
 }
 
 /// The messaging tables (outbox, processed messages) every service has.
-fn messaging_migrations(backend: Backend) -> Migrator {
+pub(crate) fn messaging_migrations(backend: Backend) -> Migrator {
     match backend {
         Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
         Backend::Postgres => sqlx::migrate!("./migrations/postgres"),

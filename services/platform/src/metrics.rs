@@ -5,6 +5,7 @@
 //! | `roombook_http_requests_total` | service, method, route, status | requests answered |
 //! | `roombook_http_request_duration_seconds` | service, method, route | latency histogram |
 //! | `roombook_messages_consumed_total` | consumer, type, outcome (applied, duplicate, retried, parked) | deliveries handled |
+//! | `roombook_consumer_batch_messages` | consumer | messages applied per transaction (histogram) |
 //! | `roombook_messages_redelivered_total` | consumer, type | deliveries after the first |
 //! | `roombook_messages_dead_lettered_total` | consumer | messages parked |
 //! | `roombook_messages_published_total` | service, type | outbox rows acknowledged by JetStream |
@@ -35,6 +36,11 @@ pub fn handle() -> &'static PrometheusHandle {
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                     60.0, 600.0, 3600.0, 86400.0,
                 ],
+            )
+            .expect("valid buckets")
+            .set_buckets_for_metric(
+                Matcher::Full("roombook_consumer_batch_messages".into()),
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
             )
             .expect("valid buckets")
             .build_recorder();
@@ -73,6 +79,11 @@ pub async fn track_http(service: &'static str, req: Request, next: Next) -> Resp
 
 pub fn consumed(consumer: &'static str, kind: &str, outcome: &'static str) {
     metrics::counter!("roombook_messages_consumed_total", "consumer" => consumer, "type" => kind.to_string(), "outcome" => outcome).increment(1);
+}
+
+pub fn batch(consumer: &'static str, messages: usize) {
+    metrics::histogram!("roombook_consumer_batch_messages", "consumer" => consumer)
+        .record(messages as f64);
 }
 
 pub fn redelivered(consumer: &'static str, kind: &str) {

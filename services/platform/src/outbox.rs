@@ -31,6 +31,11 @@ const BATCH: i64 = 256;
 /// Polling interval: the relay is woken on every commit, this only catches rows left by a crash
 /// or written by another replica.
 const POLL: Duration = Duration::from_millis(500);
+/// Published rows older than this are pruned, except each booking's latest event, which a
+/// repeated command may still need to announce again (see [`reannounce_latest`]).
+pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often the relay prunes.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Wakes the relay after a commit that wrote to the outbox.
 #[derive(Clone, Default, Debug)]
@@ -104,7 +109,16 @@ pub async fn relay(
     cancel: CancellationToken,
 ) {
     let mut failures = 0u32;
+    let mut next_prune = tokio::time::Instant::now();
     loop {
+        if tokio::time::Instant::now() >= next_prune {
+            next_prune += PRUNE_EVERY;
+            match prune(&db, crate::time::now_millis()).await {
+                Ok(0) => {}
+                Ok(rows) => tracing::info!(rows, "pruned published outbox rows"),
+                Err(e) => tracing::warn!(error = %e, "pruning the outbox failed"),
+            }
+        }
         match relay_batch(service, &db, &js).await {
             Ok(0) => {
                 failures = 0;
@@ -134,7 +148,23 @@ pub async fn relay(
     }
 }
 
-/// Publishes one batch and deletes what the server acknowledged; returns how many were sent.
+/// Deletes rows published longer than [`RETENTION`] before `now_millis`, keeping every
+/// booking's latest event. Returns how many rows went.
+pub async fn prune(db: &Db, now_millis: i64) -> Result<u64, sqlx::Error> {
+    let cutoff = now_millis - i64::try_from(RETENTION.as_millis()).unwrap_or(i64::MAX);
+    let done = sqlx::query(&format!(
+        "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1 \
+         AND id NOT IN (SELECT MAX(id) FROM outbox WHERE subject LIKE '{}.%' GROUP BY booking_id)",
+        topology::EVENTS_PREFIX
+    ))
+    .bind(cutoff)
+    .execute(&db.pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Publishes one batch and marks what the server acknowledged as published (the rows stay as
+/// the service's message log); returns how many were sent.
 async fn relay_batch(
     service: &'static str,
     db: &Db,
@@ -192,12 +222,12 @@ async fn relay_batch(
         }
     }
     if !acked.is_empty() {
-        let placeholders: Vec<String> = (1..=acked.len()).map(|i| format!("${i}")).collect();
+        let placeholders: Vec<String> = (2..=acked.len() + 1).map(|i| format!("${i}")).collect();
         let sql = format!(
-            "DELETE FROM outbox WHERE id IN ({})",
+            "UPDATE outbox SET published_at = $1 WHERE id IN ({})",
             placeholders.join(", ")
         );
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(&sql).bind(crate::time::now_millis());
         for id in &acked {
             query = query.bind(*id);
         }
@@ -206,5 +236,57 @@ async fn relay_batch(
     match first_error {
         Some(e) => Err(anyhow::Error::new(e).context("publish not acknowledged")),
         None => Ok(acked.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn insert(db: &Db, message: &str, subject: &str, booking: &str, published: Option<i64>) {
+        sqlx::query(
+            "INSERT INTO outbox (message_id, subject, payload, created_at, booking_id, published_at) \
+             VALUES ($1, $2, '{}', 0, $3, $4)",
+        )
+        .bind(message)
+        .bind(subject)
+        .bind(booking)
+        .bind(published)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn pruning_keeps_unpublished_rows_and_each_bookings_latest_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
+        let db = Db::open(&url).await.unwrap();
+        crate::db::messaging_migrations(db.backend)
+            .run(&db.pool)
+            .await
+            .unwrap();
+        let day = 24 * 3600 * 1000;
+        let now = 100 * day;
+        let long_ago = Some(now - 8 * day);
+        let event = |kind: &str| format!("{}.booking.b.{kind}", topology::EVENTS_PREFIX);
+        let command = format!("{}.confirm.c.RequestConfirm", topology::COMMANDS_PREFIX);
+        insert(&db, "a1", &event("BookingCreated"), "a", long_ago).await;
+        insert(&db, "a2", &event("BookingConfirmed"), "a", long_ago).await;
+        insert(&db, "b1", &command, "b", long_ago).await;
+        insert(&db, "c1", &event("BookingCreated"), "c", Some(now - day)).await;
+        insert(&db, "c2", &event("BookingCancelled"), "c", None).await;
+
+        assert_eq!(prune(&db, now).await.unwrap(), 2);
+        let left: Vec<String> = sqlx::query("SELECT message_id FROM outbox ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        // a1 was superseded by a2 and b1 is a command, both older than the retention; c1 is
+        // recent and c2 not yet published.
+        assert_eq!(left, ["a2", "c1", "c2"]);
     }
 }

@@ -1,0 +1,145 @@
+//! The durable consumer against a real nats-server and SQLite: messages that arrive together are
+//! applied together, and one that fails inside such a batch is retried or parked on its own
+//! while the others are applied exactly once.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::jetstream;
+use futures::StreamExt as _;
+use roombook_platform::{
+    consumer::{self, HandleError, Handler, Incoming},
+    contract::{Body, BookingConfirmed, Envelope},
+    db::{Db, Migrations, Tx},
+    outbox::OutboxSignal,
+    testkit::{eventually, NatsServer},
+    topology::{self, ConsumerSpec},
+};
+use sqlx::Row as _;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(20);
+const POISON: u64 = 5;
+const FLAKY: u64 = 7;
+
+/// Records every version it applies; version `POISON` can never be applied, version `FLAKY`
+/// fails on its first delivery only.
+struct Recorder;
+
+impl Handler for Recorder {
+    async fn handle(&self, tx: &mut Tx, msg: &Incoming) -> Result<(), HandleError> {
+        let version = msg.envelope.version;
+        // Written before failing, so a rollback that did not happen would show.
+        sqlx::query("INSERT INTO applied (version) VALUES ($1)")
+            .bind(i64::try_from(version).unwrap())
+            .execute(&mut **tx)
+            .await?;
+        match version {
+            POISON => Err(HandleError::Park("poison".into())),
+            FLAKY if msg.delivered == 1 => Err(HandleError::Retry(anyhow::anyhow!("flaky"))),
+            _ => Ok(()),
+        }
+    }
+}
+
+async fn applied(db: &Db) -> Vec<i64> {
+    sqlx::query("SELECT version FROM applied ORDER BY version")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_failing_message_in_a_batch_is_handled_alone_and_the_rest_apply_once() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::connect(
+        &format!("sqlite://{}", dir.path().join("consumer.db").display()),
+        Migrations {
+            sqlite: sqlx::migrate!("tests/migrations"),
+            postgres: sqlx::migrate!("tests/migrations"),
+        },
+    )
+    .await
+    .unwrap();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    topology::ensure_streams(&js, 1).await.unwrap();
+
+    // Everything is in the stream before the consumer starts, so it arrives in batches.
+    let booking = Uuid::new_v4();
+    for version in 1..=20 {
+        let env = Envelope::new(
+            booking,
+            booking,
+            version,
+            Body::BookingConfirmed(BookingConfirmed {}),
+        );
+        js.publish(topology::subject_for(&env), env.to_json().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(consumer::run(
+        db.clone(),
+        js.clone(),
+        OutboxSignal::default(),
+        ConsumerSpec::bookinglist(),
+        Arc::new(Recorder),
+        cancel.clone(),
+    ));
+    let expected: Vec<i64> = (1..=20).filter(|v| *v != POISON as i64).collect();
+    eventually(
+        "every message but the poisoned one applied",
+        WAIT,
+        || async { (applied(&db).await == expected).then_some(()) },
+    )
+    .await;
+
+    let dead = js
+        .get_stream(topology::DEAD_LETTER_STREAM)
+        .await
+        .unwrap()
+        .create_consumer(jetstream::consumer::pull::Config::default())
+        .await
+        .unwrap();
+    let mut parked = dead.messages().await.unwrap();
+    let parked = tokio::time::timeout(WAIT, parked.next())
+        .await
+        .expect("a parked message")
+        .unwrap()
+        .unwrap();
+    let parked_env = Envelope::from_json(&parked.payload).unwrap();
+    assert_eq!(parked_env.version, POISON);
+    assert_eq!(
+        parked
+            .headers
+            .as_ref()
+            .unwrap()
+            .get("Roombook-Reason")
+            .unwrap()
+            .as_str(),
+        "poison"
+    );
+
+    // Nothing is left unacknowledged, so nothing will be applied again.
+    let mut consumer = js
+        .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
+            "bookinglist",
+            topology::EVENTS_STREAM,
+        )
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap().clone();
+    assert_eq!(info.num_ack_pending, 0, "{info:?}");
+    assert_eq!(info.num_pending, 0, "{info:?}");
+    assert_eq!(applied(&db).await, expected);
+
+    cancel.cancel();
+    task.await.unwrap();
+}
