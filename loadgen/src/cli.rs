@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::{
     api::Api,
+    feed::Watch,
     jetstream::{self, JsConfig},
     mix::{Action, Mix},
     procstat::{parse_watch, CpuProbe, Watched},
@@ -381,9 +382,17 @@ async fn run_sagas(args: SagasArgs) -> anyhow::Result<ExitCode> {
             .map_or(String::new(), |n| format!(" (at most {n} sagas)")),
         args.mix
     );
+    let feed = if terminal == TerminalSource::Feed {
+        let (watch, task) =
+            Watch::start(&t.gateway, &tokens.admin, stats.clone(), t.request_timeout).await?;
+        Some((watch, task))
+    } else {
+        None
+    };
     let probe = CpuProbe::start(t.watch.clone());
     let ctx = Arc::new(sagas::Ctx {
         api,
+        watch: feed.as_ref().map(|(watch, _)| watch.clone()),
         stats: stats.clone(),
         tokens,
         plan,
@@ -391,6 +400,9 @@ async fn run_sagas(args: SagasArgs) -> anyhow::Result<ExitCode> {
     });
     let times = sagas::run(ctx, started).await;
     let cpu = probe.finish();
+    if let Some((_, task)) = feed {
+        task.abort();
+    }
 
     let sequences_after = match &broker.nats_url {
         Some(url) => jetstream::stream_sequences(url).await.ok(),

@@ -13,6 +13,7 @@
 
 mod api;
 mod cli;
+mod feed;
 mod jetstream;
 mod mix;
 mod procstat;

@@ -3,11 +3,12 @@
 //!
 //! One saga, for booking number `i`:
 //! 1. `POST /bookings` as virtual user `i % N` on slot `i` → 201 BOOKED (the *create* latency);
-//! 2. poll `GET /confirms?bookingId=…` as admin until the approval request exists;
+//! 2. wait until the approval request exists: its row in the booking list's live feed shows a
+//!    confirm id, or (polling sources) `GET /confirms?bookingId=…` as admin lists it;
 //! 3. per the mix: `PATCH /confirms/{id}` CONFIRMED or DENIED as admin, or `DELETE /bookings/{id}`
 //!    as the owner;
-//! 4. poll the terminal source (booking list or saga view) until it shows the settled state the
-//!    path must end in (the *saga* latency runs from 1 to here).
+//! 4. wait until the terminal source (the feed, or a polled booking list or saga view) shows the
+//!    settled state the path must end in (the *saga* latency runs from 1 to here).
 //!
 //! Polls back off from `poll_min` to `poll_max`; every call has the request timeout and the
 //! whole saga the saga timeout, so a run always ends.
@@ -26,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::{
     api::{Api, Failure, Reply},
+    feed::Watch,
     mix::{Action, Mix},
     setup::TerminalSource,
     slots::{rfc3339, SlotPlan},
@@ -50,6 +52,8 @@ pub struct SagaConfig {
 
 pub struct Ctx {
     pub api: Api,
+    /// The live feed, when the terminal source is [`TerminalSource::Feed`].
+    pub watch: Option<Arc<Watch>>,
     pub stats: Arc<Recorder>,
     pub tokens: Tokens,
     pub plan: SlotPlan,
@@ -258,24 +262,15 @@ async fn drive(ctx: &Ctx, i: u64, action: Action, t0: Instant, measured: bool) -
     }
 
     // 2. The approval request.
-    let confirm_path = format!("/confirms?bookingId={booking_id}");
-    let mut backoff = Backoff::new(cfg.poll_min, cfg.poll_max);
-    let mut polls = 0u64;
-    let confirm_id = loop {
-        tokio::time::sleep(backoff.delay()).await;
-        polls += 1;
-        let found = poll(ctx, "confirm-poll", Method::GET, &confirm_path, admin)
+    let confirm_id = match &ctx.watch {
+        Some(watch) => watch
+            .wait_for(&booking_id, deadline, |row| row_confirm_id(row).is_some())
             .await
-            .map_err(|f| ("confirm-poll", f))?
-            .and_then(|r| first_confirm_id(&r));
-        if let Some(id) = found {
-            break id;
-        }
-        if Instant::now() >= deadline {
-            return Err(("confirm-poll", Failure::GaveUp(cfg.saga_timeout)));
-        }
+            .as_ref()
+            .and_then(row_confirm_id)
+            .ok_or(("confirm-feed", Failure::GaveUp(cfg.saga_timeout)))?,
+        None => poll_confirm(ctx, &booking_id, deadline).await?,
     };
-    ctx.stats.count("polls.confirm", polls);
     let decided_at = Instant::now();
     record(CONFIRM_VISIBLE, decided_at - created);
 
@@ -313,9 +308,76 @@ async fn drive(ctx: &Ctx, i: u64, action: Action, t0: Instant, measured: bool) -
     record(DECIDE, sent - decided_at);
 
     // 4. Settled, as seen by the terminal source.
+    match &ctx.watch {
+        Some(watch) => {
+            let row = watch
+                .wait_for(&booking_id, deadline, |row| {
+                    settled_value(TerminalSource::BookingList, action, row) != Settle::Pending
+                })
+                .await;
+            watch.forget(&booking_id);
+            match row.map(|r| settled_value(TerminalSource::BookingList, action, &r)) {
+                Some(Settle::Done) => {}
+                Some(Settle::Wrong(got)) => {
+                    return Err((
+                        "settle",
+                        Failure::WrongOutcome {
+                            got,
+                            expected: action.expected_saga_state().into(),
+                        },
+                    ))
+                }
+                _ => return Err(("settle-feed", Failure::GaveUp(cfg.saga_timeout))),
+            }
+        }
+        None => poll_settled(ctx, &booking_id, action, user_token, deadline).await?,
+    }
+    record(SETTLE_VISIBLE, Instant::now() - sent);
+    Ok(())
+}
+
+/// Polls `GET /confirms?bookingId=` as admin until the approval request is listed.
+async fn poll_confirm(ctx: &Ctx, booking_id: &str, deadline: Instant) -> StepResult<String> {
+    let cfg = &ctx.cfg;
+    let confirm_path = format!("/confirms?bookingId={booking_id}");
+    let mut backoff = Backoff::new(cfg.poll_min, cfg.poll_max);
+    let mut polls = 0u64;
+    let confirm_id = loop {
+        tokio::time::sleep(backoff.delay()).await;
+        polls += 1;
+        let found = poll(
+            ctx,
+            "confirm-poll",
+            Method::GET,
+            &confirm_path,
+            &ctx.tokens.admin,
+        )
+        .await
+        .map_err(|f| ("confirm-poll", f))?
+        .and_then(|r| first_confirm_id(&r));
+        if let Some(id) = found {
+            break id;
+        }
+        if Instant::now() >= deadline {
+            return Err(("confirm-poll", Failure::GaveUp(cfg.saga_timeout)));
+        }
+    };
+    ctx.stats.count("polls.confirm", polls);
+    Ok(confirm_id)
+}
+
+/// Polls the terminal source until it shows the settled state of `action`'s path.
+async fn poll_settled(
+    ctx: &Ctx,
+    booking_id: &str,
+    action: Action,
+    user_token: &str,
+    deadline: Instant,
+) -> StepResult<()> {
+    let cfg = &ctx.cfg;
     let (path, token) = match cfg.terminal {
         TerminalSource::BookingList => (format!("/bookingLists/{booking_id}"), user_token),
-        TerminalSource::Saga | TerminalSource::Auto => (format!("/sagas/{booking_id}"), admin),
+        _ => (format!("/sagas/{booking_id}"), ctx.tokens.admin.as_str()),
     };
     let mut backoff = Backoff::new(cfg.poll_min, cfg.poll_max);
     let mut polls = 0u64;
@@ -345,8 +407,14 @@ async fn drive(ctx: &Ctx, i: u64, action: Action, t0: Instant, measured: bool) -
         }
     }
     ctx.stats.count("polls.settle", polls);
-    record(SETTLE_VISIBLE, Instant::now() - sent);
     Ok(())
+}
+
+/// The confirm id of a booking-list row whose approval request is open.
+fn row_confirm_id(row: &Value) -> Option<String> {
+    row.get("confirmId")
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 /// One poll: `Some(reply)` for a 200, `None` for "not there yet" (404) or a failure worth
@@ -424,7 +492,7 @@ fn settled_value(source: TerminalSource, action: Action, v: &Value) -> Settle {
                 _ => Settle::Pending,
             }
         }
-        TerminalSource::Saga | TerminalSource::Auto => {
+        TerminalSource::Saga | TerminalSource::Auto | TerminalSource::Feed => {
             let settled = v.get("settled").and_then(Value::as_bool).unwrap_or(true);
             match text("state") {
                 Some(s) if s == want && settled => Settle::Done,

@@ -13,8 +13,12 @@ use crate::{api::Api, slots::RoomId};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TerminalSource {
-    /// The booking list if it is deployed, else the orchestrator's saga view.
+    /// The booking list's live feed if the booking list is deployed, else the orchestrator's
+    /// saga view.
     Auto,
+    /// `GET /bookingLists/stream` (one live-feed connection for the run, no polling): shows the
+    /// approval request and the settled state of every booking.
+    Feed,
     /// `GET /bookingLists/{bookingId}` (the read model; settled when it shows the end state).
     BookingList,
     /// `GET /sagas/{bookingId}` as admin (the orchestrator's own state).
@@ -91,7 +95,7 @@ fn room_ids(v: &Value) -> Vec<RoomId> {
         .collect()
 }
 
-/// Resolves `Auto`: the booking list when the gateway routes to it (any answer but a 502/503
+/// Resolves `Auto`: the booking list's feed when the gateway routes to the booking list (any answer but a 502/503
 /// or an empty-bodied 404, i.e. a route that does not exist), the saga view otherwise.
 pub async fn resolve_terminal(
     api: &Api,
@@ -114,10 +118,7 @@ pub async fn resolve_terminal(
             TerminalSource::Saga,
             "the booking list has no GET /bookingLists/{id} route".into(),
         )),
-        Ok(_) => Ok((
-            TerminalSource::BookingList,
-            "the booking list is deployed".into(),
-        )),
+        Ok(_) => Ok((TerminalSource::Feed, "the booking list is deployed".into())),
         Err(f) => Err(anyhow::anyhow!(f.kind("probing the booking list"))),
     }
 }

@@ -21,7 +21,10 @@ use std::{
 
 use futures::Stream;
 use platform::db::Db;
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::{
+    broadcast::{self, error::RecvError},
+    watch,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -62,9 +65,12 @@ pub struct Feed {
 
 impl Feed {
     /// The feed and its poller, which the caller runs until the service stops.
+    /// It looks for changes after every commit the process reports through `commits`, and
+    /// every `poll` for those made by other replicas.
     pub async fn start(
         db: Db,
         poll: Duration,
+        commits: watch::Receiver<u64>,
         cancel: CancellationToken,
     ) -> anyhow::Result<(Feed, impl std::future::Future<Output = ()> + Send + 'static)> {
         let start = store::last_change(&db.pool).await?;
@@ -74,16 +80,30 @@ impl Feed {
             sender,
             position: Arc::new(AtomicI64::new(start)),
         };
-        let poller = feed.clone().poll(poll, cancel);
+        let poller = feed.clone().poll(poll, commits, cancel);
         Ok((feed, poller))
     }
 
-    async fn poll(self, every: Duration, cancel: CancellationToken) {
+    async fn poll(
+        self,
+        every: Duration,
+        mut commits: watch::Receiver<u64>,
+        cancel: CancellationToken,
+    ) {
         let mut last = self.position.load(Ordering::SeqCst);
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(every) => {}
+                changed = commits.changed() => {
+                    if changed.is_err() {
+                        // The signal is gone with the service; the timer still works.
+                        tokio::select! {
+                            () = cancel.cancelled() => return,
+                            () = tokio::time::sleep(every) => {}
+                        }
+                    }
+                }
             }
             loop {
                 let changes = match store::active_table(&self.db.pool).await {

@@ -35,13 +35,13 @@ pub const DEFAULT_PORT: u16 = 8085;
 ///
 /// | variable | default | meaning |
 /// |---|---|---|
-/// | `FEED_POLL_MS` | `250` | how often the live feed looks for changed rows |
+/// | `FEED_POLL_MS` | `250` | how often the live feed looks for rows other replicas changed (its own changes are sent as soon as they commit) |
 /// | `REBUILD_BATCH_SIZE` | `256` | events a rebuild folds per transaction |
 #[derive(Debug, Clone)]
 pub struct Config {
     pub service: ServiceConfig,
-    /// How often the live feed reads changed rows: the feed's latency, against one small query
-    /// per interval per replica.
+    /// How often the live feed reads changed rows it was not told about (those written by
+    /// another replica): their latency, against one small query per interval per replica.
     pub feed_poll: Duration,
     /// Events per rebuild transaction. Larger is faster; each batch holds the lock that live
     /// writes wait on.
@@ -86,9 +86,14 @@ pub fn migrations() -> Migrations {
 pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<RunningService> {
     let rt = Runtime::start("bookinglist", &config.service, migrations(), cancel).await?;
     rt.spawn_consumer(ConsumerSpec::bookinglist(), Arc::new(handler::Projector));
-    let (feed, poller) = feed::Feed::start(rt.db.clone(), config.feed_poll, rt.cancel.clone())
-        .await
-        .context("starting the live feed")?;
+    let (feed, poller) = feed::Feed::start(
+        rt.db.clone(),
+        config.feed_poll,
+        rt.outbox.commits(),
+        rt.cancel.clone(),
+    )
+    .await
+    .context("starting the live feed")?;
     rt.spawn_task(poller);
     rt.spawn_task(lag::report(rt.js.clone(), rt.cancel.clone()));
     let (rebuilds, requests) = mpsc::channel(4);

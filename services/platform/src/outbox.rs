@@ -15,7 +15,7 @@ use async_nats::{
     jetstream::{self, message::PublishMessage},
 };
 use sqlx::Row as _;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -37,13 +37,33 @@ pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often the relay prunes.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// Wakes the relay after a commit that wrote to the outbox.
-#[derive(Clone, Default, Debug)]
-pub struct OutboxSignal(Arc<Notify>);
+/// Told after every commit that wrote to the outbox or applied messages: wakes the relay, and
+/// anything else in the process that follows the database (e.g. a live feed) through
+/// [`OutboxSignal::commits`].
+#[derive(Clone, Debug)]
+pub struct OutboxSignal {
+    relay: Arc<Notify>,
+    commits: Arc<watch::Sender<u64>>,
+}
+
+impl Default for OutboxSignal {
+    fn default() -> Self {
+        OutboxSignal {
+            relay: Arc::default(),
+            commits: Arc::new(watch::channel(0).0),
+        }
+    }
+}
 
 impl OutboxSignal {
     pub fn notify(&self) {
-        self.0.notify_one();
+        self.relay.notify_one();
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes after each commit this process reports.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.commits.subscribe()
     }
 }
 
@@ -125,7 +145,7 @@ pub async fn relay(
                 metrics::outbox_backlog(service, 0);
                 tokio::select! {
                     () = cancel.cancelled() => return,
-                    () = signal.0.notified() => {}
+                    () = signal.relay.notified() => {}
                     () = tokio::time::sleep(POLL) => {}
                 }
             }

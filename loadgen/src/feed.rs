@@ -1,0 +1,258 @@
+//! Watching sagas through the booking list's live feed (`GET /bookingLists/stream`, Server-Sent
+//! Events) instead of polling: one connection for the whole run, as admin, keeps each booking's
+//! latest row; a worker waits on its booking's row until it shows what the worker needs (the
+//! approval request, then the settled state). A dropped connection is resumed with
+//! `Last-Event-ID`, so no change is missed.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use serde_json::Value;
+use tokio::{sync::watch, time::Instant};
+
+use crate::stats::{CallEnd, Recorder};
+
+/// Rows by booking id, as the feed last showed them.
+#[derive(Default)]
+pub struct Watch {
+    rows: Mutex<HashMap<String, watch::Sender<Option<Value>>>>,
+}
+
+impl Watch {
+    /// Connects to the feed and keeps it connected until the returned task is aborted. Returns
+    /// once the feed has said it is ready, so every booking made afterwards will be seen.
+    pub async fn start(
+        gateway: &str,
+        token: &str,
+        stats: Arc<Recorder>,
+        within: Duration,
+    ) -> anyhow::Result<(Arc<Watch>, tokio::task::JoinHandle<()>)> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .build()?;
+        let url = format!("{}/bookingLists/stream", gateway.trim_end_matches('/'));
+        let watch = Arc::new(Watch::default());
+        let (ready_tx, mut ready_rx) = watch::channel(false);
+        let task = tokio::spawn(follow(
+            http,
+            url,
+            token.to_string(),
+            watch.clone(),
+            stats,
+            ready_tx,
+        ));
+        tokio::time::timeout(within, ready_rx.wait_for(|ready| *ready))
+            .await
+            .context("the booking list's live feed did not open in time")?
+            .context("the live feed task ended")?;
+        Ok((watch, task))
+    }
+
+    /// Waits until the row of `booking` satisfies `done` (returning it), or `deadline` passes.
+    pub async fn wait_for(
+        &self,
+        booking: &str,
+        deadline: Instant,
+        done: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        let mut rx = self.sender(booking).subscribe();
+        let found =
+            tokio::time::timeout_at(deadline, rx.wait_for(|row| row.as_ref().is_some_and(&done)))
+                .await;
+        match found {
+            Ok(Ok(row)) => row.clone(),
+            _ => None,
+        }
+    }
+
+    /// Drops what is kept about `booking` (its saga is over for this run).
+    pub fn forget(&self, booking: &str) {
+        self.rows.lock().expect("rows lock").remove(booking);
+    }
+
+    fn sender(&self, booking: &str) -> watch::Sender<Option<Value>> {
+        self.rows
+            .lock()
+            .expect("rows lock")
+            .entry(booking.to_string())
+            .or_insert_with(|| watch::channel(None).0)
+            .clone()
+    }
+
+    fn update(&self, row: Value) {
+        let Some(booking) = row.get("bookingId").and_then(Value::as_str) else {
+            return;
+        };
+        let sender = self.sender(booking);
+        sender.send_replace(Some(row));
+    }
+}
+
+/// Keeps one feed connection open, resuming after the last event id whenever it drops.
+async fn follow(
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    watch: Arc<Watch>,
+    stats: Arc<Recorder>,
+    ready: watch::Sender<bool>,
+) {
+    let mut last_id: Option<String> = None;
+    loop {
+        let mut req = http
+            .get(&url)
+            .bearer_auth(&token)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(id) = &last_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        match req.send().await {
+            Ok(mut resp) if resp.status().is_success() => {
+                stats.http(CallEnd::Answered);
+                let mut parser = SseParser::default();
+                while let Ok(Some(chunk)) = resp.chunk().await {
+                    for event in parser.push(&chunk) {
+                        if let Some(id) = event.id {
+                            last_id = Some(id);
+                        }
+                        match event.name.as_str() {
+                            "ready" => {
+                                ready.send_replace(true);
+                            }
+                            "bookingList" => {
+                                if let Ok(row) = serde_json::from_str(&event.data) {
+                                    watch.update(row);
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                eprintln!("loadgen: the live feed closed; reconnecting");
+            }
+            Ok(resp) => {
+                stats.http(if resp.status().is_server_error() {
+                    CallEnd::ServerError
+                } else {
+                    CallEnd::Answered
+                });
+                eprintln!("loadgen: the live feed answered {}", resp.status());
+            }
+            Err(e) => {
+                stats.http(CallEnd::TransportError);
+                eprintln!("loadgen: cannot open the live feed: {e}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct SseEvent {
+    name: String,
+    data: String,
+    id: Option<String>,
+}
+
+/// Splits a byte stream into Server-Sent Events (fields `event`, `data`, `id`; comments and
+/// other fields ignored; events end at a blank line).
+#[derive(Default)]
+struct SseParser {
+    buffer: Vec<u8>,
+    event: SseEvent,
+    has_data: bool,
+}
+
+impl SseParser {
+    fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+        self.buffer.extend_from_slice(bytes);
+        let mut events = Vec::new();
+        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buffer.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if self.has_data {
+                    let mut event = std::mem::take(&mut self.event);
+                    if event.name.is_empty() {
+                        event.name = "message".into();
+                    }
+                    events.push(event);
+                } else {
+                    self.event = SseEvent::default();
+                }
+                self.has_data = false;
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => self.event.name = value.to_string(),
+                "id" => self.event.id = Some(value.to_string()),
+                "data" => {
+                    if self.has_data {
+                        self.event.data.push('\n');
+                    }
+                    self.event.data.push_str(value);
+                    self.has_data = true;
+                }
+                _ => {}
+            }
+        }
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_split_at_blank_lines_across_chunks() {
+        let mut p = SseParser::default();
+        assert!(p
+            .push(b"retry: 3000\nevent: ready\nid: 7\ndata: {\"position\"")
+            .is_empty());
+        let events = p.push(
+            b": 7}\n\n:keep-alive\n\nevent: bookingList\r\nid: 8\r\ndata: a\r\ndata: b\r\n\r\n",
+        );
+        assert_eq!(
+            events,
+            vec![
+                SseEvent {
+                    name: "ready".into(),
+                    data: "{\"position\": 7}".into(),
+                    id: Some("7".into()),
+                },
+                SseEvent {
+                    name: "bookingList".into(),
+                    data: "a\nb".into(),
+                    id: Some("8".into()),
+                },
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiter_sees_a_row_that_arrived_before_it_asked() {
+        let w = Watch::default();
+        w.update(serde_json::json!({"bookingId": "b1", "sagaState": "STARTED"}));
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let row = w
+            .wait_for("b1", deadline, |r| r["sagaState"] == "STARTED")
+            .await;
+        assert_eq!(row.unwrap()["sagaState"], "STARTED");
+        assert!(w
+            .wait_for("b1", deadline, |r| r["sagaState"] == "COMPLETED")
+            .await
+            .is_none());
+        w.forget("b1");
+        assert!(w.rows.lock().unwrap().is_empty());
+    }
+}
