@@ -242,13 +242,20 @@ async fn round(pool: &AnyPool, transport: &Transport, settings: &Settings) -> an
         .await
         .context("loading due notifications")?;
     let count = due.len();
-    futures::stream::iter(due)
-        .for_each_concurrent(CONCURRENCY, |n| async move {
-            if let Err(e) = deliver(pool, transport, settings, n).await {
-                tracing::warn!(error = %format!("{e:#}"), "recording a delivery outcome failed");
-            }
-        })
-        .await;
+    if count > 0 {
+        let claimed = claim(pool, settings, due).await?;
+        let outcomes: Vec<(Notification, Outcome)> = futures::stream::iter(claimed)
+            .map(|n| async move {
+                let outcome = attempt(transport, settings, &n).await;
+                (n, outcome)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        record(pool, settings, &outcomes)
+            .await
+            .context("recording delivery outcomes")?;
+    }
     Ok(count as i64 == BATCH || resolved as i64 == RESOLVE_BATCH)
 }
 
@@ -271,54 +278,93 @@ async fn resolve_waiting(pool: &AnyPool, settings: &Settings) -> anyhow::Result<
     Ok(count)
 }
 
-async fn deliver(
+/// Takes the due records for one attempt each, in one transaction; returns those this sender
+/// got (another replica may have taken some first).
+async fn claim(
     pool: &AnyPool,
-    transport: &Transport,
     settings: &Settings,
-    n: Notification,
-) -> anyhow::Result<()> {
-    let d = &settings.delivery;
+    due: Vec<Notification>,
+) -> anyhow::Result<Vec<Notification>> {
     let now = settings.clock.now();
-    let lease = chrono::Duration::from_std(d.claim_lease).unwrap_or(chrono::Duration::MAX);
-    if !store::claim(pool, &n, now + lease, now).await? {
-        return Ok(()); // another sender has it
+    let lease =
+        chrono::Duration::from_std(settings.delivery.claim_lease).unwrap_or(chrono::Duration::MAX);
+    let mut tx = pool.begin().await.context("claiming due notifications")?;
+    let mut claimed = Vec::with_capacity(due.len());
+    for n in due {
+        if store::claim(&mut *tx, &n, now + lease, now).await? {
+            claimed.push(n);
+        }
     }
+    tx.commit().await.context("claiming due notifications")?;
+    Ok(claimed)
+}
+
+/// What became of one attempt.
+enum Outcome {
+    Sent,
+    Failed(String),
+    RetryAt(DateTime<Utc>, String),
+}
+
+/// Composes and sends one claimed record.
+async fn attempt(transport: &Transport, settings: &Settings, n: &Notification) -> Outcome {
+    let d = &settings.delivery;
     let attempts = n.attempts + 1;
     let span = tracing::info_span!("mail", id = %n.id, kind = n.kind.as_str(), booking_id = %n.booking_id, attempts);
     async {
-        let outcome = match compose::build(&n, &settings.mail) {
-            Ok(message) => transport.send(&n, message).await,
+        let sent = match compose::build(n, &settings.mail) {
+            Ok(message) => transport.send(n, message).await,
             // The record cannot become a mail (no usable address, unknown booking): no retry
             // will change that.
             Err(e) => Err(SendError::Permanent(e.to_string())),
         };
-        let now = settings.clock.now();
-        match outcome {
+        match sent {
             Ok(()) => {
-                store::mark_sent(pool, n.id, now).await?;
                 tracing::info!(to = n.recipient.as_deref().unwrap_or("-"), "mail sent");
+                Outcome::Sent
             }
             Err(SendError::Permanent(reason)) => {
                 tracing::warn!(%reason, "mail failed permanently");
-                store::mark_failed(pool, n.id, &reason, now).await?;
+                Outcome::Failed(reason)
             }
             Err(SendError::Transient(reason)) if attempts >= i64::from(d.max_attempts) => {
                 tracing::warn!(%reason, "mail failed, no attempts left");
-                let reason = format!("gave up after {attempts} attempts; last error: {reason}");
-                store::mark_failed(pool, n.id, &reason, now).await?;
+                Outcome::Failed(format!(
+                    "gave up after {attempts} attempts; last error: {reason}"
+                ))
             }
             Err(SendError::Transient(reason)) => {
                 let delay = backoff(attempts, d.retry_base, d.retry_max);
                 tracing::info!(%reason, retry_in = ?delay, "mail deferred, will retry");
-                let at: DateTime<Utc> =
-                    now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-                store::reschedule(pool, n.id, at, &reason, now).await?;
+                let at = settings.clock.now()
+                    + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                Outcome::RetryAt(at, reason)
             }
         }
-        Ok(())
     }
     .instrument(span)
     .await
+}
+
+/// Writes a round's outcomes in one transaction. Should it fail, the claims' leases expire and
+/// the records are attempted again (a mail resent keeps its `Message-ID`).
+async fn record(
+    pool: &AnyPool,
+    settings: &Settings,
+    outcomes: &[(Notification, Outcome)],
+) -> Result<(), sqlx::Error> {
+    let now = settings.clock.now();
+    let mut tx = pool.begin().await?;
+    for (n, outcome) in outcomes {
+        match outcome {
+            Outcome::Sent => store::mark_sent(&mut *tx, n.id, now).await?,
+            Outcome::Failed(reason) => store::mark_failed(&mut *tx, n.id, reason, now).await?,
+            Outcome::RetryAt(at, reason) => {
+                store::reschedule(&mut *tx, n.id, *at, reason, now).await?;
+            }
+        }
+    }
+    tx.commit().await
 }
 
 #[cfg(test)]

@@ -299,8 +299,8 @@ pub async fn due(
 /// Takes a due row for one attempt: counts the attempt and hides the row until `lease_until`
 /// (after which, should this process die mid-send, the row is due again). False when another
 /// sender took it first.
-pub async fn claim(
-    pool: &AnyPool,
+pub async fn claim<'e>(
+    ex: impl Executor<'e, Database = Any>,
     n: &Notification,
     lease_until: DateTime<Utc>,
     now: DateTime<Utc>,
@@ -314,25 +314,29 @@ pub async fn claim(
     .bind(seen)
     .bind(to_millis(lease_until))
     .bind(to_millis(now))
-    .execute(pool)
+    .execute(ex)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn mark_sent(pool: &AnyPool, id: Uuid, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+pub async fn mark_sent<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE notifications SET status = 'SENT', sent_at = $2, updated_at = $2, \
          last_error = NULL WHERE id = $1",
     )
     .bind(id.to_string())
     .bind(to_millis(now))
-    .execute(pool)
+    .execute(ex)
     .await?;
     Ok(())
 }
 
-pub async fn mark_failed(
-    pool: &AnyPool,
+pub async fn mark_failed<'e>(
+    ex: impl Executor<'e, Database = Any>,
     id: Uuid,
     reason: &str,
     now: DateTime<Utc>,
@@ -343,13 +347,13 @@ pub async fn mark_failed(
     .bind(id.to_string())
     .bind(reason)
     .bind(to_millis(now))
-    .execute(pool)
+    .execute(ex)
     .await?;
     Ok(())
 }
 
-pub async fn reschedule(
-    pool: &AnyPool,
+pub async fn reschedule<'e>(
+    ex: impl Executor<'e, Database = Any>,
     id: Uuid,
     at: DateTime<Utc>,
     error: &str,
@@ -363,7 +367,7 @@ pub async fn reschedule(
     .bind(to_millis(at))
     .bind(error)
     .bind(to_millis(now))
-    .execute(pool)
+    .execute(ex)
     .await?;
     Ok(())
 }
