@@ -69,15 +69,20 @@ pub async fn find_by_idempotency_key<'c, E: Executor<'c, Database = Any>>(
     .transpose()
 }
 
-/// A live booking of `room` overlapping `slot`, if any.
+/// Live bookings of room `$1` overlapping `[$3, $2)`.
+const OVERLAPPING: &str =
+    "room_id = $1 AND status <> 'CANCELLED' AND $3 < end_ms AND +start_ms < $2";
+
+/// A live booking of `room` overlapping `slot`, if any. Like every overlap query here it reads
+/// the room's bookings ending after the slot starts (index `bookings_room_end`: the calendar
+/// from then on, not the room's history); `+start_ms` keeps the planner off the start index.
 pub async fn find_overlap<'c, E: Executor<'c, Database = Any>>(
     db: E,
     room: RoomId,
     slot: &TimeSlot,
 ) -> Result<Option<Booking>, sqlx::Error> {
     sqlx::query(&format!(
-        "SELECT {BOOKING_COLUMNS} FROM bookings WHERE room_id = $1 AND status <> 'CANCELLED' \
-         AND start_ms < $2 AND $3 < end_ms LIMIT 1"
+        "SELECT {BOOKING_COLUMNS} FROM bookings WHERE {OVERLAPPING} LIMIT 1"
     ))
     .bind(room)
     .bind(to_millis(slot.end()))
@@ -179,10 +184,9 @@ pub async fn busy_slots<'c, E: Executor<'c, Database = Any>>(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<(DateTime<Utc>, DateTime<Utc>, BookingStatus)>, sqlx::Error> {
-    sqlx::query(
-        "SELECT start_ms, end_ms, status FROM bookings WHERE room_id = $1 AND status <> 'CANCELLED' \
-         AND start_ms < $2 AND $3 < end_ms ORDER BY start_ms",
-    )
+    sqlx::query(&format!(
+        "SELECT start_ms, end_ms, status FROM bookings WHERE {OVERLAPPING} ORDER BY start_ms"
+    ))
     .bind(room)
     .bind(to_millis(to))
     .bind(to_millis(from))
@@ -278,4 +282,34 @@ pub async fn count_rooms<'c, E: Executor<'c, Database = Any>>(db: E) -> Result<i
         .fetch_one(db)
         .await?
         .try_get(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn overlap_queries_read_a_rooms_calendar_by_end_time_not_its_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("booking.db").display());
+        let db = platform::db::Db::connect(&url, crate::migrations())
+            .await
+            .unwrap();
+        let plan: Vec<String> = sqlx::query(&format!(
+            "EXPLAIN QUERY PLAN SELECT id FROM bookings WHERE {OVERLAPPING}"
+        ))
+        .bind(1_i64)
+        .bind(2_i64)
+        .bind(1_i64)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>(3))
+        .collect();
+        assert_eq!(
+            plan,
+            ["SEARCH bookings USING INDEX bookings_room_end (room_id=? AND end_ms>?)"]
+        );
+    }
 }
