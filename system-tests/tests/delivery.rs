@@ -1,20 +1,22 @@
 //! Delivery faults over a real nats-server: every message delivered twice changes nothing the
-//! second time, and garbage on any subject is parked while later sagas still complete.
+//! second time, and garbage on any subject is parked (by each consumer that takes the subject)
+//! while later sagas still complete.
 
 mod common;
 
 use std::collections::BTreeSet;
 
 use async_nats::{header::NATS_MESSAGE_ID, jetstream, HeaderMap};
-use common::{future, Stack};
+use common::{future, Stack, WAIT};
 use futures::StreamExt as _;
 use platform::{
     contract::{Body, ConfirmBooking, Envelope, SagaStateChanged},
-    testkit::TestBackend,
+    testkit::{eventually, TestBackend},
     topology,
 };
 use reqwest::StatusCode;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// What the services say about a booking: enough to see any second effect.
@@ -62,9 +64,17 @@ async fn every_message_delivered_twice_has_no_second_effect(backend: TestBackend
     stack.wait_confirm(&cancelled).await;
     assert_eq!(stack.cancel("carol", &cancelled).await.0, StatusCode::OK);
     stack.wait_saga(&cancelled, "CANCELLED").await;
+    let expired = stack.book("dave", 201, future(3, 9)).await;
+    let deadline = stack.wait_saga(&expired, "AWAITING_APPROVAL").await["approvalDeadline"]
+        .as_str()
+        .expect("a deadline")
+        .parse()
+        .expect("RFC 3339");
+    stack.clock.set(deadline);
+    stack.wait_saga(&expired, "COMPENSATED").await;
     stack.wait_quiet().await;
 
-    let ids = vec![approved, denied, cancelled];
+    let ids = vec![approved, denied, cancelled, expired];
     let before = snapshot(&stack, &ids).await;
     let events_before = stream_messages(&js, topology::EVENTS_STREAM).await;
 
@@ -103,8 +113,10 @@ async fn every_message_delivered_twice_has_no_second_effect(backend: TestBackend
         "ConfirmCompleted",
         "ConfirmDenied",
         "ConfirmClosed",
+        "ConfirmExpired",
         "RequestConfirm",
         "DeleteConfirm",
+        "ExpireConfirm",
         "ConfirmBooking",
         "CancelBooking",
     ] {
@@ -126,6 +138,11 @@ async fn every_message_delivered_twice_has_no_second_effect(backend: TestBackend
 
 async fn garbage_on_every_subject_is_parked_and_later_sagas_complete(backend: TestBackend) {
     let stack = Stack::start(backend).await;
+    // The booking list takes every event, the saga's own among them.
+    let list_config = bookinglist::Config::with_service(stack.service_config("bookinglist").await);
+    let _list = bookinglist::spawn(list_config, CancellationToken::new())
+        .await
+        .expect("bookinglist starts");
     let js = stack.jetstream().await;
     let unknown = Uuid::new_v4();
     let wrong_type = Envelope::new(
@@ -164,7 +181,39 @@ async fn garbage_on_every_subject_is_parked_and_later_sagas_complete(backend: Te
             format!("roombook.commands.booking.{unknown}.ConfirmBooking"),
             unknown_booking.to_json(),
         ),
+        (
+            format!("roombook.events.saga.{unknown}.SagaStateChanged"),
+            b"{\"state\":".to_vec(),
+        ),
     ];
+    // Who must park what: each consumer whose subjects include the message's.
+    let takers = |subject: &str| -> Vec<&'static str> {
+        let specs = [
+            topology::ConsumerSpec::orchestrator(),
+            topology::ConsumerSpec::bookinglist(),
+            topology::ConsumerSpec::booking_commands(),
+            topology::ConsumerSpec::confirm_commands(),
+        ];
+        specs
+            .into_iter()
+            .filter(|c| {
+                c.filter_subjects
+                    .iter()
+                    .any(|f| subject.starts_with(f.trim_end_matches('>')))
+            })
+            .map(|c| c.durable)
+            .collect()
+    };
+    let mut expected: Vec<(String, String)> = poison
+        .iter()
+        .flat_map(|(subject, _)| {
+            takers(subject)
+                .into_iter()
+                .map(|c| (c.to_string(), subject.clone()))
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(takers(&poison[0].0), ["orchestrator", "bookinglist"]);
     for (subject, payload) in &poison {
         js.publish(subject.clone(), payload.clone().into())
             .await
@@ -178,13 +227,17 @@ async fn garbage_on_every_subject_is_parked_and_later_sagas_complete(backend: Te
     stack.wait_quiet().await;
 
     let dlq = js.get_stream(topology::DEAD_LETTER_STREAM).await.unwrap();
-    let parked = dlq.get_info().await.unwrap().state.messages;
+    let parked = eventually("every poison message to be parked", WAIT, || async {
+        let n = dlq.get_info().await.ok()?.state.messages;
+        (n >= expected.len() as u64).then_some(n)
+    })
+    .await;
     assert_eq!(
         parked,
-        poison.len() as u64,
-        "every poison message is parked once"
+        expected.len() as u64,
+        "every poison message is parked once by each consumer that takes it"
     );
-    let mut parked_subjects = BTreeSet::new();
+    let mut parked_by = Vec::new();
     for seq in 1..=parked {
         let msg = dlq.get_raw_message(seq).await.unwrap();
         let reason = msg
@@ -193,15 +246,14 @@ async fn garbage_on_every_subject_is_parked_and_later_sagas_complete(backend: Te
             .expect("reason recorded")
             .to_string();
         assert!(!reason.is_empty());
-        parked_subjects.insert(
-            msg.headers
-                .get("Roombook-Original-Subject")
-                .unwrap()
-                .to_string(),
-        );
+        let header = |name: &str| msg.headers.get(name).expect(name).to_string();
+        parked_by.push((
+            header("Roombook-Consumer"),
+            header("Roombook-Original-Subject"),
+        ));
     }
-    let sent: BTreeSet<String> = poison.iter().map(|(s, _)| s.clone()).collect();
-    assert_eq!(parked_subjects, sent);
+    parked_by.sort();
+    assert_eq!(parked_by, expected);
 }
 
 on_both_backends!(

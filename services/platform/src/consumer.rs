@@ -365,9 +365,11 @@ async fn park(
     tracing::error!(consumer = spec.durable, subject = %msg.subject, reason, "parking message in the dead-letter stream");
     metrics::dead_lettered(spec.durable);
     let mut headers = HeaderMap::new();
+    // Idempotent per consumer: a repeated park of this delivery is stored once, while another
+    // consumer parking the same stream message keeps its own copy.
     headers.insert(
         NATS_MESSAGE_ID,
-        format!("{}-{}", spec.stream, stream_seq).as_str(),
+        format!("{}-{}-{}", spec.durable, spec.stream, stream_seq).as_str(),
     );
     headers.insert("Roombook-Original-Subject", msg.subject.as_str());
     headers.insert("Roombook-Consumer", spec.durable);
