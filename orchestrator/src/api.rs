@@ -267,7 +267,8 @@ async fn admin_step(
         step(&stored.saga).map_err(|e| Problem::conflict("saga-not-applicable", e.0))?;
     let now = state.clock.now();
     let cause = Step {
-        at: now,
+        // Timelines record when things happened; the saga clock only decides deadlines.
+        at: platform::time::now(),
         direction: "admin".into(),
         message_type: operation.into(),
         message_id: "-".into(),

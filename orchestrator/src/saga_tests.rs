@@ -94,6 +94,10 @@ fn inputs() -> Vec<(&'static str, Envelope)> {
             "BookingCancelled(DENIED)",
             env(2, cancelled(CancelReason::Denied)),
         ),
+        (
+            "BookingCancelled(EXPIRED)",
+            env(2, cancelled(CancelReason::Expired)),
+        ),
         ("ConfirmClosed", env(2, closed())),
         ("ConfirmExpired", env(2, expired())),
     ]
@@ -148,7 +152,9 @@ fn expected(
         (_, "BookingCancelled(USER)") if user_cancellable => {
             Some((Cancelling, vec!["DeleteConfirm"]))
         }
-        (Compensating, "BookingCancelled(DENIED)") if !booking_cancelled => {
+        (Compensating, "BookingCancelled(DENIED)" | "BookingCancelled(EXPIRED)")
+            if !booking_cancelled =>
+        {
             Some((Compensating, vec!["DeleteConfirm"]))
         }
         (Compensating, "ConfirmClosed") if booking_cancelled => Some((Compensated, vec![])),

@@ -108,7 +108,8 @@ async fn fire_one(
         return Ok(false);
     };
     let cause = store::Step {
-        at: when.now,
+        // When it fired in real time; `when.now` is the saga clock, which only decides deadlines.
+        at: platform::time::now(),
         direction: "timer".into(),
         message_type: timer.into(),
         message_id: "-".into(),

@@ -1,5 +1,5 @@
 //! Approval deadlines, driven by the injectable clock (no test sleeps): expiry compensates like
-//! a denial; a decision one tick before the deadline wins; one at the deadline gets 409.
+//! a denial; a decision one tick before the deadline wins; one at it or a tick after gets 409.
 
 mod common;
 
@@ -77,6 +77,33 @@ async fn an_approval_at_the_deadline_gets_409_and_the_saga_compensates(backend: 
     assert_eq!(stack.booking(&id).await["cancelReason"], "EXPIRED");
 }
 
+async fn an_approval_one_tick_after_the_deadline_gets_409_even_before_the_timer_fires(
+    backend: TestBackend,
+) {
+    let mut stack = Stack::start(backend).await;
+    let id = stack.book("alice", 201, future(4, 9)).await;
+    let confirm_id = stack.wait_confirm(&id).await;
+    let deadline = deadline_of(&stack, &id).await;
+
+    // With the orchestrator down nothing has expired the saga yet: the confirm service itself
+    // refuses a decision that comes too late.
+    Stack::stop(&mut stack.orchestrator).await;
+    stack.clock.set(deadline + Duration::milliseconds(1));
+    let (status, body) = stack.decide(&confirm_id, "CONFIRMED", None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["type"], "/problems/confirm-expired");
+    let (status, _) = stack.decide(&confirm_id, "DENIED", Some("late")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    stack.start_orchestrator().await;
+    stack.wait_saga(&id, "COMPENSATED").await;
+    assert_eq!(stack.booking(&id).await["cancelReason"], "EXPIRED");
+    assert_eq!(
+        stack.confirm_of(&id).await.unwrap()["closeReason"],
+        "EXPIRED"
+    );
+}
+
 async fn the_deadline_never_falls_after_the_booking_starts(backend: TestBackend) {
     let stack = Stack::start(backend).await;
     // Starts in two hours: sooner than the 24 h approval window.
@@ -92,5 +119,6 @@ on_both_backends!(
     no_decision_before_the_deadline_cancels_the_booking_as_expired,
     an_approval_one_tick_before_the_deadline_wins,
     an_approval_at_the_deadline_gets_409_and_the_saga_compensates,
+    an_approval_one_tick_after_the_deadline_gets_409_even_before_the_timer_fires,
     the_deadline_never_falls_after_the_booking_starts,
 );

@@ -1,5 +1,5 @@
 //! Commands whose reply never comes: the orchestrator sends them again with backoff (driven by
-//! the injectable clock), marks the saga stuck after the last attempt, and an admin can
+//! the injectable clock), marks the saga stuck after the last attempt, and an admin can retry or
 //! compensate it.
 
 mod common;
@@ -105,16 +105,7 @@ async fn a_participant_that_never_answers_leaves_the_saga_stuck_until_an_admin_c
     let mut stack = Stack::start(backend).await;
     Stack::stop(&mut stack.confirm).await;
     let id = stack.book("alice", 102, future(3, 9)).await;
-    wait_attempts(&stack, &id, 1).await;
-    for attempt in 2..=6 {
-        stack.clock.advance(Duration::hours(1));
-        wait_attempts(&stack, &id, attempt).await;
-    }
-    stack.clock.advance(Duration::hours(1));
-    let saga = eventually("the saga to be marked stuck", WAIT, || async {
-        stack.saga(&id).await.filter(|s| s["stuck"] == true)
-    })
-    .await;
+    let saga = make_stuck(&stack, &id).await;
     assert_eq!(saga["state"], "STARTED");
     let (status, stuck) = stack
         .send(
@@ -157,8 +148,71 @@ async fn a_participant_that_never_answers_leaves_the_saga_stuck_until_an_admin_c
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
 }
 
+/// Drives a saga whose confirm service is down through every attempt until it is marked stuck.
+async fn make_stuck(stack: &Stack, id: &str) -> Value {
+    wait_attempts(stack, id, 1).await;
+    for attempt in 2..=6 {
+        stack.clock.advance(Duration::hours(1));
+        wait_attempts(stack, id, attempt).await;
+    }
+    stack.clock.advance(Duration::hours(1));
+    eventually("the saga to be marked stuck", WAIT, || async {
+        stack.saga(id).await.filter(|s| s["stuck"] == true)
+    })
+    .await
+}
+
+async fn an_admin_retry_sends_a_stuck_sagas_command_again_and_the_saga_goes_on(
+    backend: TestBackend,
+) {
+    let mut stack = Stack::start(backend).await;
+    Stack::stop(&mut stack.confirm).await;
+    let id = stack.book("alice", 201, future(4, 9)).await;
+    let stuck = make_stuck(&stack, &id).await;
+    assert_eq!(stuck["pendingCommand"], "RequestConfirm");
+    // Stuck means given up: no further attempt is scheduled.
+    assert_eq!(stuck["attempts"], 6);
+    assert!(stuck.get("nextRetryAt").is_none(), "{stuck}");
+    stack.start_confirm().await;
+
+    let url = format!("{}/sagas/{id}/retry", stack.orchestrator_url);
+    let (status, _) = stack
+        .send(Method::POST, url.clone(), Caller::User("alice"), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = stack
+        .send(Method::POST, url.clone(), Caller::Admin, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["stuck"], false, "{body}");
+    assert_eq!(body["attempts"], 1, "a fresh round of attempts: {body}");
+    assert_eq!(body["pendingCommand"], "RequestConfirm");
+
+    // The clock stands still: the admin's retry alone gets the approval requested.
+    let saga = stack.wait_saga(&id, "AWAITING_APPROVAL").await;
+    assert!(saga.get("pendingCommand").is_none(), "{saga}");
+    assert!(
+        saga["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["direction"] == "admin" && s["type"] == "Retry"),
+        "{saga}"
+    );
+    let confirm_id = stack.wait_confirm(&id).await;
+    let (status, body) = stack.decide(&confirm_id, "CONFIRMED", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    stack.wait_saga(&id, "COMPLETED").await;
+    assert_eq!(stack.booking(&id).await["status"], "CONFIRMED");
+    // Nothing is pending any more, so there is nothing to retry.
+    let (status, body) = stack.send(Method::POST, url, Caller::Admin, None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["type"], "/problems/saga-not-applicable");
+}
+
 on_both_backends!(
     a_lost_command_is_sent_again_and_the_saga_goes_on,
     a_lost_reply_is_announced_again_when_the_command_is_repeated,
     a_participant_that_never_answers_leaves_the_saga_stuck_until_an_admin_compensates,
+    an_admin_retry_sends_a_stuck_sagas_command_again_and_the_saga_goes_on,
 );
