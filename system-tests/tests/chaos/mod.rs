@@ -1,13 +1,14 @@
 //! Process-level fault injection: the real service binaries and a real nats-server, a driver
-//! running hundreds of sagas (approve / deny / owner's cancel / expiry) while a chaos task
-//! SIGKILLs and restarts the orchestrator, booking and confirm at random moments and restarts
-//! nats-server once; then a checker asks every service and asserts DESIGN §2's invariants.
+//! running hundreds of sagas (approve / deny / owner's cancel / expiry; a fifth of the requests
+//! compete for a slot another saga booked) while a chaos task SIGKILLs and restarts the
+//! orchestrator, booking and confirm at random moments and restarts nats-server once; then a
+//! checker asks every service and asserts DESIGN §2's invariants, among them no double booking.
 //!
 //! The binaries come from the same target directory as this test (`cargo build --bins`, which
 //! `scripts/test` runs first). `ROOMBOOK_CHAOS_SEED` replays a run; `ROOMBOOK_CHAOS_SAGAS` sizes it.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fs::File,
     net::TcpListener,
     path::{Path, PathBuf},
@@ -258,22 +259,27 @@ pub async fn run(settings: Settings) {
     let driver = Driver {
         http: http.clone(),
         urls: urls.clone(),
+        contested: (0..sagas)
+            .filter(|&i| competes(i))
+            .flat_map(|i| [Some(i), rival(i)])
+            .flatten()
+            .collect(),
     };
     // Sagas arrive on a fixed schedule (open-loop load), so the faults fall across the whole run.
     let began = tokio::time::Instant::now();
-    let outcomes: Vec<(String, Outcome)> = futures::stream::iter(plan.iter().copied().enumerate())
-        .map(|(i, action)| {
-            let driver = &driver;
-            async move {
-                tokio::time::sleep_until(began + ARRIVAL_INTERVAL * i as u32).await;
-                let room = [101, 102, 103, 201][i % 4];
-                let start = base + Span::days((i / 4) as i64) + Span::hours(9);
-                driver.saga(i, room, start, action).await
-            }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
+    let outcomes: Vec<Option<(String, Outcome)>> =
+        futures::stream::iter(plan.iter().copied().enumerate())
+            .map(|(i, action)| {
+                let driver = &driver;
+                async move {
+                    tokio::time::sleep_until(began + ARRIVAL_INTERVAL * i as u32).await;
+                    let (room, start) = slot(base, i);
+                    driver.saga(i, room, start, action).await
+                }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
     done.cancel();
     let (kills, nats_restarted) = chaos.await.expect("chaos task");
     println!(
@@ -293,7 +299,16 @@ pub async fn run(settings: Settings) {
             }
         }
     }
-    let expected: HashMap<String, Outcome> = outcomes.into_iter().collect();
+    let competing = (0..sagas).filter(|&i| competes(i)).count();
+    let refused = outcomes.iter().filter(|o| o.is_none()).count();
+    println!(
+        "chaos: {competing} requests competed for another's slot; {refused} requests were refused as overlapping"
+    );
+    assert!(
+        competing < 10 || refused > 0,
+        "no request was refused: the slots did not collide"
+    );
+    let expected: HashMap<String, Outcome> = outcomes.into_iter().flatten().collect();
     let settled = eventually("every saga to settle", Duration::from_secs(180), || async {
         let sagas = driver
             .get(&format!("{}/sagas?limit=1000", urls.orchestrator))
@@ -340,6 +355,37 @@ pub async fn run(settings: Settings) {
     );
 }
 
+/// The saga whose slot saga `i` competes for, if it does (every fifth does): the one just
+/// before it, still in flight, or (every other one, once there are enough) one from about 15 s
+/// earlier, whose slot has often been freed by a denial, a cancel or an expiry by then. Rivals
+/// never compete themselves.
+fn rival(i: usize) -> Option<usize> {
+    match i % 10 {
+        9 if i >= 151 => Some(i - 151),
+        4 | 9 => Some(i - 1),
+        _ => None,
+    }
+}
+
+fn competes(i: usize) -> bool {
+    rival(i).is_some()
+}
+
+/// Where saga `i` books: a room and day of its own, or half an hour into its rival's hour.
+fn slot(base: DateTime<Utc>, i: usize) -> (i64, DateTime<Utc>) {
+    let own = |k: usize| {
+        let room = [101, 102, 103, 201][k % 4];
+        (room, base + Span::days((k / 4) as i64) + Span::hours(9))
+    };
+    match rival(i) {
+        None => own(i),
+        Some(r) => {
+            let (room, start) = own(r);
+            (room, start + Span::minutes(30))
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Urls {
     bookings: Vec<String>,
@@ -362,6 +408,8 @@ impl Urls {
 struct Driver {
     http: reqwest::Client,
     urls: Urls,
+    /// Sagas whose slot another one asks for: whichever comes second may be refused.
+    contested: HashSet<usize>,
 }
 
 impl Driver {
@@ -432,7 +480,7 @@ impl Driver {
         room: i64,
         start: DateTime<Utc>,
         action: Action,
-    ) -> (String, Outcome) {
+    ) -> Option<(String, Outcome)> {
         let user = format!("user{}", i % 25);
         let body = json!({"roomId": room, "useStartDtm": start.to_rfc3339(), "useEndDtm": (start + Span::hours(1)).to_rfc3339()});
         let key = format!("chaos-{i}");
@@ -445,6 +493,11 @@ impl Driver {
                 Some(&key),
             )
             .await;
+        if status == StatusCode::CONFLICT && self.contested.contains(&i) {
+            // The other one holds the slot: no booking, no saga.
+            assert_eq!(booking["type"], "/problems/booking-overlap", "saga {i}");
+            return None;
+        }
         assert_eq!(status, StatusCode::CREATED, "saga {i}: {booking}");
         let id = booking["id"].as_str().unwrap().to_string();
         let mut outcome = Outcome {
@@ -452,7 +505,7 @@ impl Driver {
             answered: None,
         };
         if action == Action::Expire {
-            return (id, outcome);
+            return Some((id, outcome));
         }
         let confirm_url = format!(
             "{}/confirms?bookingId={id}&includeClosed=true",
@@ -501,7 +554,7 @@ impl Driver {
             "saga {i} {action:?}: {status} {body}"
         );
         outcome.answered = Some(status);
-        (id, outcome)
+        Some((id, outcome))
     }
 }
 
