@@ -35,6 +35,7 @@ function h(tag: string, attrs: Record<string, string | boolean | ((e: Event) => 
 
 const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
 const fmtDay = new Intl.DateTimeFormat(undefined, { weekday: 'short', day: 'numeric', month: 'short', year: 'numeric' });
+const fmtWeekday = new Intl.DateTimeFormat(undefined, { weekday: 'short', day: 'numeric', month: 'short' });
 const fmtTime = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit', hourCycle: 'h23' });
 const fmtStamp = new Intl.DateTimeFormat(undefined, { dateStyle: 'short', timeStyle: 'medium' });
 
@@ -158,7 +159,7 @@ function route(): void {
   if (page === 'rooms') renderRoomTable();
 }
 
-// ---- booking: rooms and the day grid ----
+// ---- booking: rooms and the day / week grid ----
 
 function fillRooms(): void {
   const select = $<HTMLSelectElement>('#room');
@@ -167,45 +168,102 @@ function fillRooms(): void {
   if (keep && rooms.some(r => String(r.id) === keep)) select.value = keep;
 }
 
+type View = 'day' | 'week';
+const view = (): View => ($<HTMLInputElement>('input[name="view"][value="week"]').checked ? 'week' : 'day');
+
+/** One bookable hour of one day, and what stands in it. */
+interface Slot { start: Date; end: Date; label: string; state: 'free' | 'past' | 'busy'; busyText: string }
+
+function hourOf(day: Date, hour: number): Date {
+  const d = new Date(day);
+  d.setHours(hour, 0, 0, 0);
+  return d;
+}
+
+function slotsOf(day: Date, busy: { start: number; end: number; status: string }[]): Slot[] {
+  const out: Slot[] = [];
+  for (let hour = FIRST_HOUR; hour < LAST_HOUR; hour++) {
+    const start = hourOf(day, hour);
+    const end = hourOf(day, hour + 1);
+    const taken = busy.find(b => b.start < end.getTime() && start.getTime() < b.end);
+    out.push({
+      start, end,
+      label: `${time(start.toISOString())}–${time(end.toISOString())}`,
+      state: taken ? 'busy' : start.getTime() <= Date.now() ? 'past' : 'free',
+      busyText: taken?.status === 'CONFIRMED' ? 'Taken' : 'Awaiting approval',
+    });
+  }
+  return out;
+}
+
+function bookButton(roomId: number, slot: Slot, name: string, ...content: Child[]): HTMLElement {
+  return h('button', { type: 'button', 'aria-label': name, onclick: () => void book(roomId, slot.start, slot.end) }, ...content);
+}
+
+/** The day: one card per hour. */
+function dayList(roomId: number, slots: Slot[]): HTMLElement[] {
+  return slots.map(slot => {
+    const attrs = { class: `slot ${slot.state}`, 'data-start': slot.start.toISOString() };
+    if (slot.state === 'free') {
+      return h('li', attrs, bookButton(roomId, slot, `Book ${slot.label}`, h('span', {}, slot.label), h('span', { class: 'tag' }, 'Free')));
+    }
+    return h('li', attrs, h('span', {}, slot.label), h('span', { class: 'tag' }, slot.state === 'busy' ? slot.busyText : 'Past'));
+  });
+}
+
+/** The week: hours down, days across, one cell per hour of each day. */
+function weekTable(roomId: number, days: Date[], slots: Slot[][]): HTMLElement {
+  const head = h('tr', {}, h('th', { scope: 'col' }, 'Time'), ...days.map(d => h('th', { scope: 'col' }, fmtWeekday.format(d))));
+  const body = slots[0].map((first, row) => h('tr', {},
+    h('th', { scope: 'row' }, first.label),
+    ...days.map((day, col) => {
+      const slot = slots[col][row];
+      const attrs = { class: `slot ${slot.state}`, 'data-start': slot.start.toISOString() };
+      if (slot.state === 'free') {
+        return h('td', attrs, bookButton(roomId, slot, `Book ${fmtWeekday.format(day)}, ${slot.label}`, h('span', { class: 'tag' }, 'Free')));
+      }
+      return h('td', attrs, h('span', { class: 'tag' }, slot.state === 'busy' ? slot.busyText : 'Past'));
+    })));
+  const range = `${fmtDay.format(days[0])} to ${fmtDay.format(days[days.length - 1])}`;
+  return h('table', { class: 'grid' },
+    h('caption', { class: 'sr-only' }, `${roomName(roomId)}, ${range}`),
+    h('thead', {}, head), h('tbody', {}, ...body));
+}
+
 let slotRequest = 0;
 async function loadSlots(): Promise<void> {
   const list = $('#slots');
+  const week = $('#week');
+  const shown = view();
+  list.hidden = shown !== 'day';
+  week.hidden = shown !== 'week';
+  const target = shown === 'day' ? list : week;
   const roomId = Number($<HTMLSelectElement>('#room').value);
   const dayInput = $<HTMLInputElement>('#day');
   if (!dayInput.value) dayInput.value = dayValue(new Date());
-  if (!roomId) { list.replaceChildren(h('li', {}, 'No rooms yet.')); return; }
-  const day = localDay(dayInput.value);
-  const from = new Date(day); from.setHours(FIRST_HOUR, 0, 0, 0);
-  const to = new Date(day); to.setHours(LAST_HOUR, 0, 0, 0);
+  if (!roomId) { target.replaceChildren(h(shown === 'day' ? 'li' : 'p', {}, 'No rooms yet.')); return; }
+  const first = localDay(dayInput.value);
+  const days = Array.from({ length: shown === 'day' ? 1 : 7 }, (_, i) => {
+    const d = new Date(first);
+    d.setDate(d.getDate() + i);
+    return d;
+  });
+  const from = hourOf(days[0], FIRST_HOUR);
+  const to = hourOf(days[days.length - 1], LAST_HOUR);
   const mine = ++slotRequest;
-  list.setAttribute('aria-busy', 'true');
+  target.setAttribute('aria-busy', 'true');
   try {
     const av = await api<Availability>('GET',
       `/rooms/${roomId}/availability?from=${encodeURIComponent(from.toISOString())}&to=${encodeURIComponent(to.toISOString())}`);
     if (mine !== slotRequest) return;
     const busy = av.busy.map(b => ({ start: Date.parse(b.start), end: Date.parse(b.end), status: b.status ?? 'BUSY' }));
-    const items: HTMLElement[] = [];
-    for (let hour = FIRST_HOUR; hour < LAST_HOUR; hour++) {
-      const s = new Date(day); s.setHours(hour, 0, 0, 0);
-      const e = new Date(day); e.setHours(hour + 1, 0, 0, 0);
-      const label = `${time(s.toISOString())}–${time(e.toISOString())}`;
-      const taken = busy.find(b => b.start < e.getTime() && s.getTime() < b.end);
-      if (taken) {
-        items.push(h('li', { class: 'slot busy', 'data-start': s.toISOString() },
-          h('span', {}, label), h('span', { class: 'tag' }, taken.status === 'CONFIRMED' ? 'Taken' : 'Awaiting approval')));
-      } else if (s.getTime() <= Date.now()) {
-        items.push(h('li', { class: 'slot past', 'data-start': s.toISOString() }, h('span', {}, label), h('span', { class: 'tag' }, 'Past')));
-      } else {
-        items.push(h('li', { class: 'slot free', 'data-start': s.toISOString() },
-          h('button', { type: 'button', 'aria-label': `Book ${label}`, onclick: () => void book(roomId, s, e) },
-            h('span', {}, label), h('span', { class: 'tag' }, 'Free'))));
-      }
-    }
-    list.replaceChildren(...items);
+    const slots = days.map(d => slotsOf(d, busy));
+    if (shown === 'day') list.replaceChildren(...dayList(roomId, slots[0]));
+    else week.replaceChildren(weekTable(roomId, days, slots));
   } catch (e) {
     if (mine === slotRequest) complain(`Cannot load availability: ${problemText(e)}`);
   } finally {
-    if (mine === slotRequest) list.removeAttribute('aria-busy');
+    if (mine === slotRequest) target.removeAttribute('aria-busy');
   }
 }
 
@@ -434,15 +492,24 @@ function wire(): void {
   });
   $('#room').addEventListener('change', () => void loadSlots());
   $('#day').addEventListener('change', () => void loadSlots());
-  const shift = (days: number) => {
+  // The arrows move by what is shown: a day or a week.
+  const shift = (direction: number) => {
     const input = $<HTMLInputElement>('#day');
     const d = localDay(input.value || dayValue(new Date()));
-    d.setDate(d.getDate() + days);
+    d.setDate(d.getDate() + direction * (view() === 'week' ? 7 : 1));
     input.value = dayValue(d);
     void loadSlots();
   };
   $('#prev-day').addEventListener('click', () => shift(-1));
   $('#next-day').addEventListener('click', () => shift(1));
+  for (const radio of document.querySelectorAll<HTMLInputElement>('input[name="view"]')) {
+    radio.addEventListener('change', () => {
+      const unit = view() === 'week' ? 'week' : 'day';
+      $('#prev-day').setAttribute('aria-label', `Previous ${unit}`);
+      $('#next-day').setAttribute('aria-label', `Next ${unit}`);
+      void loadSlots();
+    });
+  }
   $('#approvals-refresh').addEventListener('click', () => void loadQueue());
   $('#notifications-refresh').addEventListener('click', () => void loadFailed());
   $('#queue').tabIndex = -1;

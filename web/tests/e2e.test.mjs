@@ -1,9 +1,9 @@
 // End-to-end tests of the page in headless Chromium (Debian's /usr/bin/chromium, driven by
 // playwright-core; no browser is downloaded) against a running Roombook.
 //
-// Environment: BASE_URL (where the page is served, the API on the same origin), ALICE_TOKEN,
-// ADMIN_TOKEN, optional BOB_TOKEN (else a second alice), optional CHROMIUM (the browser binary),
-// SCREENSHOT_DIR (default web/test-results). `web/run-tests` starts everything and sets these.
+// Environment: BASE_URL (where the page is served, the API on the same origin, dev sign-in
+// enabled), ALICE_TOKEN, ADMIN_TOKEN, optional CHROMIUM (the browser binary), SCREENSHOT_DIR
+// (default web/test-results). `web/run-tests` starts everything and sets these.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
@@ -14,7 +14,6 @@ import { chromium } from 'playwright-core';
 const BASE = process.env.BASE_URL ?? 'http://127.0.0.1:8088';
 const ALICE = must('ALICE_TOKEN');
 const ADMIN = must('ADMIN_TOKEN');
-const BOB = process.env.BOB_TOKEN || ALICE;
 const SHOTS = process.env.SCREENSHOT_DIR ?? join(dirname(fileURLToPath(import.meta.url)), '..', 'test-results');
 const WAIT = 20_000;
 
@@ -37,24 +36,36 @@ async function shot(page, name) {
   await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
 }
 
+/** A new browser context signed in as `name`: with `token` pasted, or else with the dev sign-in button. */
 async function open(name, token, options) {
   const context = await browser.newContext(options);
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT);
   await page.goto(BASE);
-  await page.getByLabel('Bearer token from your identity provider').fill(token);
-  await page.getByRole('button', { name: 'Sign in with token' }).click();
+  if (token) {
+    await page.getByLabel('Bearer token from your identity provider').fill(token);
+    await page.getByRole('button', { name: 'Sign in with token' }).click();
+  } else {
+    await page.getByRole('button', { name: `Sign in as ${name}` }).click();
+  }
   await page.getByText(/^Signed in as /).waitFor();
   pages[name] = page;
   return page;
 }
 
-async function showDay(page, roomId, day) {
+async function showGrid(page, view, roomId, day) {
   await page.getByRole('link', { name: 'Book a room' }).click();
+  await page.getByLabel(view === 'week' ? 'Week view' : 'Day view').check();
   await page.getByLabel('Room', { exact: true }).selectOption(String(roomId));
   await page.getByLabel('Day', { exact: true }).fill(day);
-  await page.locator('#slots:not([aria-busy]) li').first().waitFor();
+  await page.locator(view === 'week' ? '#week:not([aria-busy]) table' : '#slots:not([aria-busy]) li').first().waitFor();
 }
+
+const showDay = (page, roomId, day) => showGrid(page, 'day', roomId, day);
+
+/** The cells of the week grid's row for the hour `label` (e.g. "10:00–11:00"), one per day. */
+const weekRow = (page, label) =>
+  page.locator('#week tbody tr').filter({ has: page.locator('th', { hasText: label }) }).locator('td');
 
 /** Books the free hour `label` (e.g. "10:00–11:00") and answers the new booking's id. */
 async function bookHour(page, label) {
@@ -104,6 +115,12 @@ describe('Roombook in a browser', () => {
     await page.getByLabel('Bearer token from your identity provider').fill('not-a-token');
     await page.getByRole('button', { name: 'Sign in with token' }).click();
     await page.getByRole('alert').filter({ hasText: 'Cannot sign in' }).waitFor();
+    // In local mode a dev admin is one click away, and signs out again.
+    await page.getByRole('button', { name: 'Sign in as admin' }).click();
+    await page.getByText('Signed in as admin (admin)').waitFor();
+    await page.getByRole('link', { name: 'Approvals' }).waitFor();
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    await page.getByRole('heading', { name: 'Sign in' }).waitFor();
     await context.close();
   });
 
@@ -171,9 +188,9 @@ describe('Roombook in a browser', () => {
     await shot(alice, '06-my-bookings-denied');
   });
 
-  test('double booking shows the conflict (the other user books first, on a phone, by keyboard)', async () => {
+  test('double booking shows the conflict (the other user books first; bob, signed in as a dev user, on a phone, by keyboard)', async () => {
     const alice = pages.alice;
-    const bob = await open('bob', BOB, { timezoneId: 'Europe/Berlin', viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+    const bob = await open('bob', null, { timezoneId: 'Europe/Berlin', viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
     const day = dayFromNow(15);
     await showDay(bob, 103, day); // bob sees 14:00 free…
     const slot = bob.getByRole('button', { name: 'Book 14:00–15:00' });
@@ -203,6 +220,38 @@ describe('Roombook in a browser', () => {
     await card.getByRole('button', { name: /^Cancel booking/ }).click();
     const cancelled = await bookingCard(alice, id, 'CANCELLED');
     assert.match(await cancelled.textContent(), /Cancelled by you/);
+  });
+
+  test('the week view shows seven days, books from them and moves a week at a time', async () => {
+    const alice = pages.alice;
+    const first = dayFromNow(14);
+    await showGrid(alice, 'week', 102, first);
+    assert.equal(await alice.locator('#week thead th').count(), 8, 'an hours column and seven days');
+    assert.ok(await alice.locator('#slots').isHidden(), 'the day list gives way to the week');
+    // The first day's 10:00 was approved in the first test; the denied 11:00 is free again.
+    assert.match(await weekRow(alice, '10:00–11:00').first().textContent(), /Taken/);
+    assert.match(await weekRow(alice, '11:00–12:00').first().textContent(), /Free/);
+
+    // Book the third day's 15:00 from the week.
+    const cell = weekRow(alice, '15:00–16:00').nth(2);
+    const start = await cell.getAttribute('data-start');
+    const created = alice.waitForResponse(r => r.url().endsWith('/bookings') && r.request().method() === 'POST');
+    await cell.getByRole('button', { name: /^Book .*, 15:00–16:00$/ }).click();
+    const res = await created;
+    assert.equal(res.status(), 201);
+    assert.equal(Date.parse((await res.json()).useStartDtm), Date.parse(start));
+    await weekRow(alice, '15:00–16:00').nth(2).filter({ hasText: 'Awaiting approval' }).waitFor();
+    assert.equal(new Date(start).toISOString().slice(0, 10), dayFromNow(16));
+    await shot(alice, '10-book-week-grid');
+
+    // The arrows move a week at a time here, a day at a time in the day view.
+    await alice.getByRole('button', { name: 'Next week' }).click();
+    assert.equal(await alice.getByLabel('Day', { exact: true }).inputValue(), dayFromNow(21));
+    await alice.getByLabel('Day view').check();
+    await alice.getByRole('button', { name: 'Previous day' }).click();
+    assert.equal(await alice.getByLabel('Day', { exact: true }).inputValue(), dayFromNow(20));
+    await alice.locator('#slots:not([aria-busy]) li').first().waitFor();
+    assert.ok(await alice.locator('#week').isHidden());
   });
 
   test('an admin adds a room and sees failed notifications', async () => {
