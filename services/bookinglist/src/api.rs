@@ -20,7 +20,6 @@ use axum::{
         sse::{Event, KeepAlive, Sse},
         IntoResponse, Response,
     },
-    routing::get,
     Json, Router,
 };
 use futures::StreamExt as _;
@@ -31,6 +30,8 @@ use platform::{
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi as _;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
@@ -42,13 +43,10 @@ use crate::{
     store,
 };
 
-/// The OpenAPI description of these routes.
+/// The schemas of these routes' documentation; the paths come from `router`.
 #[derive(utoipa::OpenApi)]
-#[openapi(
-    paths(list, get_one, stream, lag, rebuild_status, start_rebuild),
-    components(schemas(BookingListPage, BookingRow, RebuildStatus))
-)]
-pub struct ApiDoc;
+#[openapi(components(schemas(BookingListPage, BookingRow, RebuildStatus)))]
+struct ApiDoc;
 
 /// One page of `GET /bookingLists`.
 #[derive(utoipa::ToSchema)]
@@ -77,17 +75,25 @@ pub struct AppState {
     pub cancel: CancellationToken,
 }
 
+/// The routes and their OpenAPI description, both made from the handlers' `#[utoipa::path]`:
+/// nothing is served undocumented, and nothing is documented at a path it is not served at.
+fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list))
+        .routes(routes!(stream))
+        .routes(routes!(lag))
+        .routes(routes!(rebuild_status, start_rebuild))
+        .routes(routes!(get_one))
+}
+
 pub fn routes(state: AppState) -> Router {
-    Router::new()
-        .route("/bookingLists", get(list))
-        .route("/bookingLists/stream", get(stream))
-        .route("/bookingLists/lag", get(lag))
-        .route(
-            "/bookingLists/rebuild",
-            get(rebuild_status).post(start_rebuild),
-        )
-        .route("/bookingLists/{booking_id}", get(get_one))
-        .with_state(state)
+    let (routes, _) = router().split_for_parts();
+    routes.with_state(state)
+}
+
+/// The OpenAPI description of [`routes`].
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    router().split_for_parts().1
 }
 
 type Pairs = Result<Query<Vec<(String, String)>>, QueryRejection>;

@@ -67,7 +67,7 @@ pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<
 
 /// The OpenAPI description of this service's routes (served by the gateway).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    <api::ApiDoc as utoipa::OpenApi>::openapi()
+    api::openapi()
 }
 
 /// Runs the service until `shutdown` completes.
