@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::{
-    contract::Envelope,
+    contract::{Body, Envelope},
     db::{self, Db, Tx},
     metrics,
     outbox::OutboxSignal,
@@ -147,7 +147,8 @@ pub async fn run<H: Handler>(
 struct Ready {
     msg: jetstream::Message,
     incoming: Incoming,
-    kind: String,
+    /// The message's type, for metrics.
+    kind: &'static str,
     stream_seq: u64,
     span: tracing::Span,
 }
@@ -211,14 +212,8 @@ async fn prepare(
         Ok(info) => (info.delivered, info.stream_sequence),
         Err(_) => (1, 0),
     };
-    let kind = msg
-        .subject
-        .rsplit('.')
-        .next()
-        .unwrap_or("unknown")
-        .to_string();
     if delivered > 1 {
-        metrics::redelivered(spec.durable, &kind);
+        metrics::redelivered(spec.durable, Body::type_of_subject(&msg.subject));
     }
     if delivered > topology::MAX_ATTEMPTS {
         park(js, spec, &msg, stream_seq, "delivery attempts exhausted").await;
@@ -260,8 +255,8 @@ async fn prepare(
     );
     Some(Ready {
         msg,
+        kind: incoming.envelope.body.type_name(),
         incoming,
-        kind,
         stream_seq,
         span,
     })
@@ -288,7 +283,7 @@ async fn finish(
             park(js, spec, &r.msg, r.stream_seq, &format!("{e:#}")).await;
         }
         Err(HandleError::Retry(e)) => {
-            metrics::consumed(spec.durable, &r.kind, "retried");
+            metrics::consumed(spec.durable, r.kind, "retried");
             let delay = topology::redelivery_delay(delivered);
             tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "handler failed, will retry");
             let _ = r.msg.ack_with(AckKind::Nak(Some(delay))).await;
@@ -299,10 +294,10 @@ async fn finish(
 /// Acknowledges a message whose transaction committed (or that had been applied before).
 async fn acknowledge(spec: &ConsumerSpec, r: &Ready, applied: bool) {
     if applied {
-        metrics::consumed(spec.durable, &r.kind, "applied");
+        metrics::consumed(spec.durable, r.kind, "applied");
     } else {
         tracing::debug!("duplicate delivery, already applied");
-        metrics::consumed(spec.durable, &r.kind, "duplicate");
+        metrics::consumed(spec.durable, r.kind, "duplicate");
     }
     if let Err(e) = r.msg.ack().await {
         // The server will redeliver; the recorded message id makes that a no-op.
@@ -363,7 +358,7 @@ async fn park(
     reason: &str,
 ) {
     tracing::error!(consumer = spec.durable, subject = %msg.subject, reason, "parking message in the dead-letter stream");
-    metrics::dead_lettered(spec.durable);
+    metrics::dead_lettered(spec.durable, Body::type_of_subject(&msg.subject));
     let mut headers = HeaderMap::new();
     // Idempotent per consumer: a repeated park of this delivery is stored once, while another
     // consumer parking the same stream message keeps its own copy.

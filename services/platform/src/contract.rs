@@ -56,6 +56,34 @@ pub enum Body {
 }
 
 impl Body {
+    /// Every `type` name, as [`Body::type_name`] gives them.
+    pub const TYPE_NAMES: [&'static str; 14] = [
+        "BookingCreated",
+        "BookingConfirmed",
+        "BookingCancelled",
+        "ConfirmRequested",
+        "ConfirmCompleted",
+        "ConfirmDenied",
+        "ConfirmClosed",
+        "ConfirmExpired",
+        "SagaStateChanged",
+        "RequestConfirm",
+        "DeleteConfirm",
+        "ExpireConfirm",
+        "ConfirmBooking",
+        "CancelBooking",
+    ];
+
+    /// The type a subject names (its last token) if it is one of ours, else `"unknown"`: a
+    /// label that cannot grow with whatever is published.
+    pub fn type_of_subject(subject: &str) -> &'static str {
+        let last = subject.rsplit('.').next().unwrap_or_default();
+        Self::TYPE_NAMES
+            .into_iter()
+            .find(|t| *t == last)
+            .unwrap_or("unknown")
+    }
+
     /// The `type` name as it appears on the wire and in subjects.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -286,6 +314,34 @@ mod tests {
             assert!(json[key].is_string(), "{key} missing in {json}");
         }
         assert_eq!(Envelope::from_json(&env.to_json()).unwrap(), env);
+    }
+
+    #[test]
+    fn subjects_name_their_type_or_unknown() {
+        for name in Body::TYPE_NAMES {
+            // Each is a type the wire knows (a payload error, never an unknown variant).
+            let parsed =
+                serde_json::from_value::<Body>(serde_json::json!({"type": name, "payload": 1}));
+            assert!(
+                !parsed.unwrap_err().to_string().contains("unknown variant"),
+                "{name}"
+            );
+            let subject = format!("roombook.events.booking.{}.{name}", Uuid::new_v4());
+            assert_eq!(Body::type_of_subject(&subject), name);
+        }
+        let env = Envelope::new(
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            1,
+            Body::ConfirmBooking(ConfirmBooking {}),
+        );
+        assert_eq!(
+            Body::type_of_subject(&crate::topology::subject_for(&env)),
+            "ConfirmBooking"
+        );
+        for garbage in ["roombook.events.booking.x.Nope", "", "roombook.dlq.booking"] {
+            assert_eq!(Body::type_of_subject(garbage), "unknown");
+        }
     }
 
     #[test]

@@ -7,13 +7,14 @@
 //! | `roombook_messages_consumed_total` | consumer, type, outcome (applied, duplicate, retried, parked) | deliveries handled |
 //! | `roombook_consumer_batch_messages` | consumer | messages applied per transaction (histogram) |
 //! | `roombook_messages_redelivered_total` | consumer, type | deliveries after the first |
-//! | `roombook_messages_dead_lettered_total` | consumer | messages parked |
+//! | `roombook_messages_dead_lettered_total` | consumer, type | messages parked |
 //! | `roombook_messages_published_total` | service, type | outbox rows acknowledged by JetStream |
 //! | `roombook_outbox_backlog` | service | outbox rows not yet published |
 //! | `roombook_sagas` | state | sagas per state (orchestrator) |
 //! | `roombook_saga_duration_seconds` | state | booking to settled state (orchestrator) |
 //!
-//! Labels carry message types, never booking ids, so the series stay few.
+//! Labels carry message types (`unknown` for a subject naming none of ours), never booking ids,
+//! so the series stay few.
 
 use std::{sync::OnceLock, time::Instant};
 
@@ -86,12 +87,12 @@ pub fn batch(consumer: &'static str, messages: usize) {
         .record(messages as f64);
 }
 
-pub fn redelivered(consumer: &'static str, kind: &str) {
-    metrics::counter!("roombook_messages_redelivered_total", "consumer" => consumer, "type" => kind.to_string()).increment(1);
+pub fn redelivered(consumer: &'static str, kind: &'static str) {
+    metrics::counter!("roombook_messages_redelivered_total", "consumer" => consumer, "type" => kind).increment(1);
 }
 
-pub fn dead_lettered(consumer: &'static str) {
-    metrics::counter!("roombook_messages_dead_lettered_total", "consumer" => consumer).increment(1);
+pub fn dead_lettered(consumer: &'static str, kind: &'static str) {
+    metrics::counter!("roombook_messages_dead_lettered_total", "consumer" => consumer, "type" => kind).increment(1);
 }
 
 pub fn published(service: &'static str, kind: &str) {

@@ -54,6 +54,7 @@ async fn applied(db: &Db) -> Vec<i64> {
 
 #[tokio::test]
 async fn a_failing_message_in_a_batch_is_handled_alone_and_the_rest_apply_once() {
+    roombook_platform::metrics::handle(); // record from the start
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let db = Db::connect(
@@ -125,6 +126,29 @@ async fn a_failing_message_in_a_batch_is_handled_alone_and_the_rest_apply_once()
             .unwrap()
             .as_str(),
         "poison"
+    );
+
+    // Operators see both: the flaky message delivered again, the poisoned one parked.
+    let metrics = roombook_platform::metrics::handle().render();
+    let counted = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(name)
+                    && l.contains(r#"consumer="bookinglist""#)
+                    && l.contains(r#"type="BookingConfirmed""#)
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(
+        counted("roombook_messages_redelivered_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        counted("roombook_messages_dead_lettered_total"),
+        Some(1.0),
+        "{metrics}"
     );
 
     // Nothing is left unacknowledged, so nothing will be applied again.

@@ -166,3 +166,44 @@ async fn answers_are_gzipped_only_for_callers_that_accept_it() {
     assert_eq!(header(&plain, "content-encoding"), None);
     echoed(plain).await;
 }
+
+#[tokio::test]
+async fn the_gateway_counts_and_times_what_it_answers_on_metrics() {
+    let booking = spawn_echo("booking").await;
+    let app =
+        spawn_app(Config::for_test(SECRET).with_upstream(Service::Booking, &booking.url)).await;
+    let passed = app.get("/bookings", &user_token()).send().await.unwrap();
+    assert_eq!(passed.status(), 200);
+    let refused = app.client.get(app.url("/bookings")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = |name: &str, labels: &[&str]| {
+        metrics.lines().any(|l| {
+            l.starts_with(name)
+                && l.contains(r#"service="gateway""#)
+                && labels.iter().all(|label| l.contains(label))
+        })
+    };
+    for status in ["200", "401"] {
+        assert!(
+            series(
+                "roombook_http_requests_total",
+                &[r#"route="/bookings""#, &format!(r#"status="{status}""#)]
+            ),
+            "{status} on /bookings is counted:\n{metrics}"
+        );
+    }
+    assert!(series(
+        "roombook_http_request_duration_seconds_bucket",
+        &[r#"route="/bookings""#]
+    ));
+}

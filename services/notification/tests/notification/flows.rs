@@ -125,6 +125,27 @@ async fn an_approved_booking_mails_the_booker_twice_and_each_admin_once(backend:
             .starts_with(&requested.message_id.to_string()));
     }
     assert_ne!(admin_mails[0].message_id, admin_mails[1].message_id);
+
+    // Operators see the events it took in on its /metrics.
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for kind in ["BookingCreated", "ConfirmRequested", "BookingConfirmed"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("roombook_messages_consumed_total")
+                    && l.contains(r#"consumer="notification""#)
+                    && l.contains(&format!(r#"type="{kind}""#))),
+            "{kind} consumed:\n{metrics}"
+        );
+    }
 }
 
 async fn a_denied_booking_withdraws_the_invitation_and_gives_the_reason(backend: TestBackend) {
