@@ -314,20 +314,21 @@ async fn apply_together<H: Handler>(
     ready: &[Ready],
 ) -> Result<Vec<bool>, HandleError> {
     let mut tx = db.begin().await?;
-    let mut applied = Vec::with_capacity(ready.len());
-    for r in ready {
-        let message_id = r.incoming.envelope.message_id.to_string();
-        let fresh = db::mark_processed(&mut tx, spec.durable, &message_id).await?;
+    let ids: Vec<String> = ready
+        .iter()
+        .map(|r| r.incoming.envelope.message_id.to_string())
+        .collect();
+    let fresh = db::mark_all_processed(&mut tx, spec.durable, &ids).await?;
+    for (r, &fresh) in ready.iter().zip(&fresh) {
         if fresh {
             handler
                 .handle(&mut tx, &r.incoming)
                 .instrument(r.span.clone())
                 .await?;
         }
-        applied.push(fresh);
     }
     tx.commit().await?;
-    Ok(applied)
+    Ok(fresh)
 }
 
 /// Applies the message in one transaction; false when it had been applied before.

@@ -5,7 +5,7 @@
 //! as epoch milliseconds. Each backend has its own migrations, because what the databases can
 //! enforce differs (e.g. an exclusion constraint on PostgreSQL, a trigger on SQLite).
 
-use std::{str::FromStr, sync::Once, time::Duration};
+use std::{collections::HashSet, str::FromStr, sync::Once, time::Duration};
 
 use anyhow::Context as _;
 use sqlx::{
@@ -167,6 +167,39 @@ pub async fn mark_processed(
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// [`mark_processed`] for a batch, in one statement: answers, in order, whether each message is
+/// new to `consumer` (false: applied before, or already earlier in this batch).
+pub async fn mark_all_processed(
+    tx: &mut Tx,
+    consumer: &str,
+    message_ids: &[String],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let mut unique: Vec<&str> = Vec::with_capacity(message_ids.len());
+    for id in message_ids {
+        if !unique.contains(&id.as_str()) {
+            unique.push(id);
+        }
+    }
+    // ($1, $2, $3), ($1, $2, $4), …: the consumer and the time once, then the ids.
+    let rows: Vec<String> = (0..unique.len())
+        .map(|i| format!("($1, $2, ${})", i + 3))
+        .collect();
+    let sql = format!(
+        "INSERT INTO processed_messages (consumer, processed_at, message_id) VALUES {} \
+         ON CONFLICT DO NOTHING RETURNING message_id",
+        rows.join(", ")
+    );
+    let mut query = sqlx::query_scalar::<_, String>(&sql)
+        .bind(consumer)
+        .bind(crate::time::now_millis());
+    for id in &unique {
+        query = query.bind(*id);
+    }
+    let mut new: HashSet<String> = query.fetch_all(&mut **tx).await?.into_iter().collect();
+    // The first occurrence of a new id is fresh; any later one in the batch is a duplicate.
+    Ok(message_ids.iter().map(|id| new.remove(id)).collect())
 }
 
 /// True when the error is a uniqueness or exclusion violation (a conflicting row exists).
