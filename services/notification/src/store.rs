@@ -218,15 +218,18 @@ fn facts_from_row(r: &AnyRow) -> Result<BookingFacts, sqlx::Error> {
     })
 }
 
+/// WAITING rows whose booking has become known: each looked up by its booking (an `IN (SELECT …)`
+/// here would read every booking ever seen, each round).
+const RESOLVABLE: &str = "status = 'WAITING' AND EXISTS (SELECT 1 FROM notification_bookings b \
+     WHERE b.booking_id = notifications.booking_id AND b.created_seen = 1)";
+
 /// WAITING rows whose booking has become known.
 pub async fn resolvable_waiting(
     pool: &AnyPool,
     limit: i64,
 ) -> Result<Vec<Notification>, sqlx::Error> {
     sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM notifications WHERE status = 'WAITING' AND booking_id IN \
-         (SELECT booking_id FROM notification_bookings WHERE created_seen = 1) \
-         ORDER BY created_at LIMIT $1"
+        "SELECT {COLUMNS} FROM notifications WHERE {RESOLVABLE} ORDER BY created_at LIMIT $1"
     ))
     .bind(limit)
     .fetch_all(pool)
@@ -416,4 +419,37 @@ pub async fn list(pool: &AnyPool, f: &Filter) -> Result<Vec<Notification>, sqlx:
     .iter()
     .map(from_row)
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waiting_mail_is_matched_to_its_booking_by_key_not_by_reading_every_booking() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("notification.db").display());
+        let db = platform::db::Db::connect(&url, crate::migrations())
+            .await
+            .unwrap();
+        let plan: Vec<String> = sqlx::query(&format!(
+            "EXPLAIN QUERY PLAN SELECT id FROM notifications WHERE {RESOLVABLE}"
+        ))
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>(3))
+        .collect();
+        assert!(
+            plan.iter().all(|step| !step.starts_with("SCAN")),
+            "{plan:?}"
+        );
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("notification_bookings")
+                    && step.contains("(booking_id=?)")),
+            "{plan:?}"
+        );
+    }
 }
