@@ -105,21 +105,7 @@ async fn every_message_delivered_twice_has_no_second_effect(backend: TestBackend
             .await
             .unwrap();
     }
-    for kind in [
-        "BookingCreated",
-        "BookingConfirmed",
-        "BookingCancelled",
-        "ConfirmRequested",
-        "ConfirmCompleted",
-        "ConfirmDenied",
-        "ConfirmClosed",
-        "ConfirmExpired",
-        "RequestConfirm",
-        "DeleteConfirm",
-        "ExpireConfirm",
-        "ConfirmBooking",
-        "CancelBooking",
-    ] {
+    for kind in Body::TYPE_NAMES {
         assert!(types.contains(kind), "{kind} was not exercised: {types:?}");
     }
     stack.wait_quiet().await;

@@ -5,7 +5,10 @@ mod common;
 
 use common::{future, Stack};
 use futures::StreamExt as _;
-use platform::{testkit::TestBackend, trace::TraceParent};
+use platform::{
+    testkit::{has_series as has, TestBackend},
+    trace::TraceParent,
+};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -18,13 +21,6 @@ async fn metrics_of(stack: &Stack, base: &str) -> String {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     resp.text().await.unwrap()
-}
-
-fn has(metrics: &str, name: &str, labels: &[&str]) -> bool {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .any(|l| labels.iter().all(|lab| l.contains(lab)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

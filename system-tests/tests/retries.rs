@@ -123,14 +123,7 @@ async fn a_participant_that_never_answers_leaves_the_saga_stuck_until_an_admin_c
         .any(|s| s["bookingId"] == id.as_str()));
 
     // Users may not, admins may compensate.
-    let url = format!("{}/sagas/{id}/compensate", stack.orchestrator_url);
-    let (status, _) = stack
-        .send(Method::POST, url.clone(), Caller::User("alice"), None)
-        .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, body) = stack
-        .send(Method::POST, url.clone(), Caller::Admin, None)
-        .await;
+    let (status, body) = admin_operation(&stack, &id, "compensate").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["state"], "COMPENSATING");
     assert_eq!(body["stuck"], false);
@@ -144,8 +137,19 @@ async fn a_participant_that_never_answers_leaves_the_saga_stuck_until_an_admin_c
     stack.wait_quiet().await;
     assert_eq!(stack.confirm_of(&id).await.unwrap()["closed"], true);
     // A settled saga cannot be compensated again.
-    let (status, body) = stack.send(Method::POST, url, Caller::Admin, None).await;
+    let (status, body) = admin_operation(&stack, &id, "compensate").await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
+}
+
+/// `POST /sagas/{id}/{operation}` (retry, compensate): asserts a user is refused, answers what
+/// an admin gets.
+async fn admin_operation(stack: &Stack, id: &str, operation: &str) -> (StatusCode, Value) {
+    let url = format!("{}/sagas/{id}/{operation}", stack.orchestrator_url);
+    let (status, _) = stack
+        .send(Method::POST, url.clone(), Caller::User("alice"), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{operation} by a user");
+    stack.send(Method::POST, url, Caller::Admin, None).await
 }
 
 /// Drives a saga whose confirm service is down through every attempt until it is marked stuck.
@@ -175,14 +179,7 @@ async fn an_admin_retry_sends_a_stuck_sagas_command_again_and_the_saga_goes_on(
     assert!(stuck.get("nextRetryAt").is_none(), "{stuck}");
     stack.start_confirm().await;
 
-    let url = format!("{}/sagas/{id}/retry", stack.orchestrator_url);
-    let (status, _) = stack
-        .send(Method::POST, url.clone(), Caller::User("alice"), None)
-        .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, body) = stack
-        .send(Method::POST, url.clone(), Caller::Admin, None)
-        .await;
+    let (status, body) = admin_operation(&stack, &id, "retry").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["stuck"], false, "{body}");
     assert_eq!(body["attempts"], 1, "a fresh round of attempts: {body}");
@@ -205,7 +202,7 @@ async fn an_admin_retry_sends_a_stuck_sagas_command_again_and_the_saga_goes_on(
     stack.wait_saga(&id, "COMPLETED").await;
     assert_eq!(stack.booking(&id).await["status"], "CONFIRMED");
     // Nothing is pending any more, so there is nothing to retry.
-    let (status, body) = stack.send(Method::POST, url, Caller::Admin, None).await;
+    let (status, body) = admin_operation(&stack, &id, "retry").await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["type"], "/problems/saga-not-applicable");
 }

@@ -295,18 +295,8 @@ mod tests {
         let db = platform::db::Db::connect(&url, crate::migrations())
             .await
             .unwrap();
-        let plan: Vec<String> = sqlx::query(&format!(
-            "EXPLAIN QUERY PLAN SELECT id FROM bookings WHERE {OVERLAPPING}"
-        ))
-        .bind(1_i64)
-        .bind(2_i64)
-        .bind(1_i64)
-        .fetch_all(&db.pool)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<String, _>(3))
-        .collect();
+        let sql = format!("SELECT id FROM bookings WHERE {OVERLAPPING}");
+        let plan = platform::testkit::query_plan(&db, &sql, &[1, 2, 1]).await;
         assert_eq!(
             plan,
             ["SEARCH bookings USING INDEX bookings_room_end (room_id=? AND end_ms>?)"]

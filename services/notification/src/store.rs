@@ -432,15 +432,8 @@ mod tests {
         let db = platform::db::Db::connect(&url, crate::migrations())
             .await
             .unwrap();
-        let plan: Vec<String> = sqlx::query(&format!(
-            "EXPLAIN QUERY PLAN SELECT id FROM notifications WHERE {RESOLVABLE}"
-        ))
-        .fetch_all(&db.pool)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<String, _>(3))
-        .collect();
+        let sql = format!("SELECT id FROM notifications WHERE {RESOLVABLE}");
+        let plan = platform::testkit::query_plan(&db, &sql, &[]).await;
         assert!(
             plan.iter().all(|step| !step.starts_with("SCAN")),
             "{plan:?}"

@@ -184,3 +184,30 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// SQLite's plan for `sql` (the `detail` of each `EXPLAIN QUERY PLAN` step), with `binds` as its
+/// integer parameters: for tests that pin which index a query uses.
+pub async fn query_plan(db: &crate::db::Db, sql: &str, binds: &[i64]) -> Vec<String> {
+    use sqlx::Row as _;
+    let explain = format!("EXPLAIN QUERY PLAN {sql}");
+    let mut query = sqlx::query(&explain);
+    for value in binds {
+        query = query.bind(*value);
+    }
+    query
+        .fetch_all(&db.pool)
+        .await
+        .expect("the query plan")
+        .iter()
+        .map(|r| r.get::<String, _>(3))
+        .collect()
+}
+
+/// Whether a Prometheus text exposition has a line of the metric `name` carrying every one of
+/// `labels` (each written as `key="value"`).
+pub fn has_series(metrics: &str, name: &str, labels: &[&str]) -> bool {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .any(|l| labels.iter().all(|label| l.contains(label)))
+}

@@ -422,43 +422,37 @@ impl Driver {
         body: Option<Value>,
         key: Option<&str>,
     ) -> (StatusCode, Value) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        let mut delay = Duration::from_millis(50);
-        loop {
-            let mut req = self
-                .http
-                .request(method.clone(), url)
-                .header(USER_ID_HEADER, user)
-                .header(
-                    USER_ROLES_HEADER,
-                    if user == "admin" {
-                        "user,admin"
-                    } else {
-                        "user"
-                    },
-                );
-            if let Some(b) = &body {
-                req = req.json(b);
-            }
-            if let Some(k) = key {
-                req = req.header("Idempotency-Key", k);
-            }
-            match req.send().await {
-                Ok(resp) if !resp.status().is_server_error() => {
-                    let status = resp.status();
-                    let v = resp.json().await.unwrap_or(Value::Null);
-                    return (status, v);
+        let role = if user == "admin" {
+            "user,admin"
+        } else {
+            "user"
+        };
+        eventually(
+            &format!("{method} {url} to be answered"),
+            Duration::from_secs(120),
+            || async {
+                let mut req = self
+                    .http
+                    .request(method.clone(), url)
+                    .header(USER_ID_HEADER, user)
+                    .header(USER_ROLES_HEADER, role);
+                if let Some(b) = &body {
+                    req = req.json(b);
                 }
-                _ => {
-                    assert!(
-                        tokio::time::Instant::now() < deadline,
-                        "{method} {url} never succeeded"
-                    );
-                    tokio::time::sleep(delay).await; // back off while the service restarts
-                    delay = (delay * 2).min(Duration::from_secs(1));
+                if let Some(k) = key {
+                    req = req.header("Idempotency-Key", k);
                 }
-            }
-        }
+                // No answer or a 5xx: the service is being killed or restarted; ask again.
+                let resp = req
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| !r.status().is_server_error())?;
+                let status = resp.status();
+                Some((status, resp.json().await.unwrap_or(Value::Null)))
+            },
+        )
+        .await
     }
 
     async fn get(&self, url: &str) -> Option<Value> {
@@ -569,6 +563,7 @@ async fn chaos(
     let mut kills = 0;
     let mut nats_restarted = false;
     while !done.is_cancelled() {
+        // The fault schedule itself: when the next kill comes and how long its victim stays down.
         let pause = Duration::from_millis(rng.gen_range(200..1200));
         tokio::select! {
             () = done.cancelled() => break,

@@ -3,6 +3,7 @@
 use std::io::Read as _;
 
 use axum::http::HeaderValue;
+use platform::testkit::has_series;
 use roombook_gateway::{Config, CorsOrigins, Service};
 use serde_json::Value;
 
@@ -186,24 +187,22 @@ async fn the_gateway_counts_and_times_what_it_answers_on_metrics() {
         .text()
         .await
         .unwrap();
-    let series = |name: &str, labels: &[&str]| {
-        metrics.lines().any(|l| {
-            l.starts_with(name)
-                && l.contains(r#"service="gateway""#)
-                && labels.iter().all(|label| l.contains(label))
-        })
-    };
+    let gateway = r#"service="gateway""#;
+    let route = r#"route="/bookings""#;
     for status in ["200", "401"] {
+        let status = format!(r#"status="{status}""#);
         assert!(
-            series(
+            has_series(
+                &metrics,
                 "roombook_http_requests_total",
-                &[r#"route="/bookings""#, &format!(r#"status="{status}""#)]
+                &[gateway, route, &status]
             ),
             "{status} on /bookings is counted:\n{metrics}"
         );
     }
-    assert!(series(
+    assert!(has_series(
+        &metrics,
         "roombook_http_request_duration_seconds_bucket",
-        &[r#"route="/bookings""#]
+        &[gateway, route]
     ));
 }

@@ -137,12 +137,13 @@ async fn an_approved_booking_mails_the_booker_twice_and_each_admin_once(backend:
         .await
         .unwrap();
     for kind in ["BookingCreated", "ConfirmRequested", "BookingConfirmed"] {
+        let kind = format!(r#"type="{kind}""#);
         assert!(
-            metrics
-                .lines()
-                .any(|l| l.starts_with("roombook_messages_consumed_total")
-                    && l.contains(r#"consumer="notification""#)
-                    && l.contains(&format!(r#"type="{kind}""#))),
+            platform::testkit::has_series(
+                &metrics,
+                "roombook_messages_consumed_total",
+                &[r#"consumer="notification""#, &kind]
+            ),
             "{kind} consumed:\n{metrics}"
         );
     }
