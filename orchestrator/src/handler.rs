@@ -59,7 +59,7 @@ impl Handler for SagaHandler {
                 tracing::info!(reason = %ignored, "message ignored by the saga");
                 if let Some(s) = &stored {
                     let step = cause(s.saga.state, Some(format!("ignored: {ignored}")));
-                    store::record_step(tx, env.booking_id, &step).await?;
+                    store::record_steps(tx, env.booking_id, &[step]).await?;
                 }
                 Ok(())
             }
@@ -109,19 +109,18 @@ pub async fn persist(
             saga.booking_id
         )));
     }
-    store::record_step(tx, saga.booking_id, &cause).await?;
-    for out in &outputs {
-        outbox::enqueue(tx, out, trace).await?;
-        let step = Step {
-            at: platform::time::now(),
-            direction: "out".into(),
-            message_type: out.body.type_name().into(),
-            message_id: out.message_id.to_string(),
-            state: saga.state.as_str().into(),
-            note: None,
-        };
-        store::record_step(tx, saga.booking_id, &step).await?;
-    }
+    outbox::enqueue_all(tx, &outputs, trace).await?;
+    let mut steps = Vec::with_capacity(1 + outputs.len());
+    steps.push(cause);
+    steps.extend(outputs.iter().map(|out| Step {
+        at: platform::time::now(),
+        direction: "out".into(),
+        message_type: out.body.type_name().into(),
+        message_id: out.message_id.to_string(),
+        state: saga.state.as_str().into(),
+        note: None,
+    }));
+    store::record_steps(tx, saga.booking_id, &steps).await?;
     if saga.state.is_settled() && !before.is_some_and(SagaState::is_settled) {
         if let Some(s) = stored {
             let took = (when.now - s.created_at).num_milliseconds().max(0) as f64 / 1000.0;

@@ -209,20 +209,32 @@ pub struct Step {
     pub note: Option<String>,
 }
 
-pub async fn record_step(tx: &mut Tx, booking_id: Uuid, step: &Step) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Appends `steps`, in order, to the saga's timeline (one statement).
+pub async fn record_steps(
+    tx: &mut Tx,
+    booking_id: Uuid,
+    steps: &[Step],
+) -> Result<(), sqlx::Error> {
+    if steps.is_empty() {
+        return Ok(());
+    }
+    // ($1, $2, …, $7), ($1, $8, …, $13), …: the booking once, then six values per step.
+    let rows = platform::db::param_groups(steps.len(), 6, 2, ", ", |p| format!("($1, {p})"));
+    let sql = format!(
         "INSERT INTO saga_steps (booking_id, at, direction, message_type, message_id, state, note) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(booking_id.to_string())
-    .bind(to_millis(step.at))
-    .bind(&step.direction)
-    .bind(&step.message_type)
-    .bind(&step.message_id)
-    .bind(&step.state)
-    .bind(&step.note)
-    .execute(&mut **tx)
-    .await?;
+         VALUES {rows}"
+    );
+    let mut query = sqlx::query(&sql).bind(booking_id.to_string());
+    for step in steps {
+        query = query
+            .bind(to_millis(step.at))
+            .bind(&step.direction)
+            .bind(&step.message_type)
+            .bind(&step.message_id)
+            .bind(&step.state)
+            .bind(&step.note);
+    }
+    query.execute(&mut **tx).await?;
     Ok(())
 }
 

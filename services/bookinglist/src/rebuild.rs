@@ -202,9 +202,8 @@ pub async fn apply_batch(
     };
     let last: i64 = claimed.try_get("change_seq")?;
     let first = last - count + 1;
-    for (seq, env) in (first..).zip(events) {
-        store::project(&mut tx, rebuild.shadow, env, seq).await?;
-    }
+    let events: Vec<&Envelope> = events.iter().collect();
+    store::project_all(&mut tx, rebuild.shadow, &events, first).await?;
     tx.commit().await?;
     Ok(())
 }

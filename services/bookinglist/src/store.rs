@@ -7,6 +7,8 @@
 //! the order they were handed out, which lets the live feed read changes with
 //! `change_seq > last seen` without missing any.
 
+use std::collections::HashMap;
+
 use platform::{
     contract::{CancelReason, Envelope},
     db::Tx,
@@ -244,16 +246,75 @@ pub async fn project(
     env: &Envelope,
     seq: i64,
 ) -> Result<bool, sqlx::Error> {
-    let old = get(&mut **tx, table, env.booking_id).await?;
-    let base = old
-        .clone()
-        .unwrap_or_else(|| BookingRow::empty(env.booking_id));
-    let new = projection::fold(base, env);
-    if old.as_ref() == Some(&new) || (old.is_none() && new == BookingRow::empty(env.booking_id)) {
-        return Ok(false);
+    Ok(project_all(tx, table, &[env], seq).await? == 1)
+}
+
+/// Folds `events`, in order, into their rows in `table`: the rows are read in one statement and
+/// each changed row is written once. The i-th distinct booking (in order of first appearance)
+/// is stamped with change number `first_seq + i`, so the caller claims at least as many
+/// numbers as there are distinct bookings. Returns how many rows changed.
+pub async fn project_all(
+    tx: &mut Tx,
+    table: ViewTable,
+    events: &[&Envelope],
+    first_seq: i64,
+) -> Result<usize, sqlx::Error> {
+    let mut bookings: Vec<Uuid> = Vec::new();
+    for env in events {
+        if !bookings.contains(&env.booking_id) {
+            bookings.push(env.booking_id);
+        }
     }
-    save(&mut **tx, table, &new, seq).await?;
-    Ok(true)
+    let mut old = get_many(tx, table, &bookings).await?;
+    let mut changed = 0;
+    for (seq, booking) in (first_seq..).zip(&bookings) {
+        let before = old.remove(booking);
+        let base = before
+            .clone()
+            .unwrap_or_else(|| BookingRow::empty(*booking));
+        let new = events
+            .iter()
+            .filter(|e| e.booking_id == *booking)
+            .fold(base, |row, env| projection::fold(row, env));
+        let unchanged = match &before {
+            Some(before) => *before == new,
+            None => new == BookingRow::empty(*booking),
+        };
+        if !unchanged {
+            save(&mut **tx, table, &new, seq).await?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
+
+/// The rows of `bookings` that exist, by booking id.
+async fn get_many(
+    tx: &mut sqlx::AnyConnection,
+    table: ViewTable,
+    bookings: &[Uuid],
+) -> Result<HashMap<Uuid, BookingRow>, sqlx::Error> {
+    // Well under both databases' limits on bound parameters.
+    const CHUNK: usize = 500;
+    let mut rows = HashMap::with_capacity(bookings.len());
+    for chunk in bookings.chunks(CHUNK) {
+        // Padded with repeats of the last id, which change nothing in an IN list.
+        let padded = platform::db::padded_len(chunk.len());
+        let sql = format!(
+            "SELECT {COLUMNS} FROM {} WHERE booking_id IN ({})",
+            table.name(),
+            platform::db::params(1, padded)
+        );
+        let mut query = sqlx::query(&sql);
+        for i in 0..padded {
+            query = query.bind(chunk[i.min(chunk.len() - 1)].to_string());
+        }
+        for r in query.fetch_all(&mut *tx).await? {
+            let row = from_row(&r)?;
+            rows.insert(row.booking_id, row);
+        }
+    }
+    Ok(rows)
 }
 
 /// A value bound to a dynamically built query.

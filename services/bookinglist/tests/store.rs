@@ -67,6 +67,27 @@ async fn live(db: &Db, env: &Envelope) {
     tx.commit().await.unwrap();
 }
 
+fn event(booking: Uuid, version: u64, body: Body) -> Envelope {
+    Envelope::new(booking, booking, version, body)
+}
+
+/// Applies events as the live consumer does with a batch: one claim for the distinct bookings.
+async fn live_batch(db: &Db, events: &[Envelope]) {
+    let mut bookings: Vec<Uuid> = events.iter().map(|e| e.booking_id).collect();
+    bookings.sort();
+    bookings.dedup();
+    let count = bookings.len() as i64;
+    let events: Vec<&Envelope> = events.iter().collect();
+    let mut tx = db.begin().await.unwrap();
+    let claim = store::claim(&mut tx, count).await.unwrap();
+    for table in claim.tables() {
+        store::project_all(&mut tx, table, &events, claim.seq - count + 1)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
 async fn active_rows(db: &Db) -> Vec<roombook_bookinglist::projection::BookingRow> {
     let table = store::active_table(&db.pool).await.unwrap();
     store::all(&db.pool, table).await.unwrap()
@@ -166,6 +187,76 @@ async fn filters_sort_and_page_on_the_database(backend: TestBackend) {
         vec![a, b]
     );
     assert!(changes[0].0 < changes[1].0);
+}
+
+async fn a_batch_folds_into_the_rows_that_one_event_at_a_time_gives(backend: TestBackend) {
+    let (dbs, one_by_one) = database(backend).await;
+    let batched = Db::connect(
+        &dbs.create("bookinglist_batched").await,
+        roombook_bookinglist::migrations(),
+    )
+    .await
+    .unwrap();
+    let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let cancelled = |booking, version, reason| {
+        event(
+            booking,
+            version,
+            Body::BookingCancelled(BookingCancelled {
+                reason,
+                detail: None,
+            }),
+        )
+    };
+    let saga = |booking, version, state: &str| {
+        event(
+            booking,
+            version,
+            Body::SagaStateChanged(SagaStateChanged {
+                state: state.into(),
+                previous_state: None,
+            }),
+        )
+    };
+    // Bookings interleaved; a later event before its booking's BookingCreated (c); a repeat
+    // (a's confirmation); an older event after a newer one (b's saga states).
+    let history = vec![
+        created(a, "alice", 101, 9),
+        saga(b, 2, "CANCELLED"),
+        confirmed(c),
+        confirmed(a),
+        created(b, "bob", 102, 10),
+        saga(b, 1, "BOOKED"),
+        confirmed(a),
+        cancelled(b, 2, CancelReason::Denied),
+        created(c, "carol", 103, 11),
+        saga(a, 1, "CONFIRMED"),
+        cancelled(c, 3, CancelReason::UserCancelled),
+    ];
+    for e in &history {
+        live(&one_by_one, e).await;
+    }
+    // Batches of several sizes, some holding more than one event of a booking.
+    let mut rest = &history[..];
+    for size in [3, 1, 4, 3] {
+        let (batch, tail) = rest.split_at(size);
+        live_batch(&batched, batch).await;
+        rest = tail;
+    }
+    assert!(rest.is_empty());
+
+    let expected = active_rows(&one_by_one).await;
+    assert_eq!(expected.len(), 3);
+    assert_eq!(active_rows(&batched).await, expected);
+    // Every changed row carries a change number of its own, in the order the feed reads them.
+    let table = store::active_table(&batched.pool).await.unwrap();
+    let changes = store::changes_since(&batched.pool, table, 0, &FeedFilter::default(), 100)
+        .await
+        .unwrap();
+    let mut seqs: Vec<i64> = changes.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs.len(), 3);
+    seqs.dedup();
+    assert_eq!(seqs.len(), 3, "one change number per row: {seqs:?}");
 }
 
 async fn the_old_view_serves_during_a_rebuild_and_the_swap_brings_the_same_rows(
@@ -291,6 +382,7 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     filters_sort_and_page_on_the_database,
+    a_batch_folds_into_the_rows_that_one_event_at_a_time_gives,
     the_old_view_serves_during_a_rebuild_and_the_swap_brings_the_same_rows,
     a_failed_rebuild_leaves_the_view_and_stops_writing_the_shadow,
 );

@@ -89,10 +89,11 @@ impl NotificationHandler {
         detail: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<(), HandleError> {
-        store::ensure_booking(&mut **tx, env.booking_id, now).await?;
         let version = i64::try_from(env.version).unwrap_or(i64::MAX);
-        let newer = store::advance_booking_version(tx, env.booking_id, version, now).await?;
-        let facts = store::booking_facts(&mut **tx, env.booking_id).await?;
+        let store::Advance {
+            superseded_by: newer,
+            facts,
+        } = store::advance_booking_version(tx, env.booking_id, version, now).await?;
         let mut n = self.record(env, kind, Role::Booker, None, detail, now);
         if let Some(facts) = &facts {
             describe(&mut n, facts, &self.settings);

@@ -23,6 +23,7 @@ use lettre::{
 use sqlx::AnyPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
+use uuid::Uuid;
 
 use crate::{
     compose,
@@ -278,7 +279,7 @@ async fn resolve_waiting(pool: &AnyPool, settings: &Settings) -> anyhow::Result<
     Ok(count)
 }
 
-/// Takes the due records for one attempt each, in one transaction; returns those this sender
+/// Takes the due records for one attempt each, in one statement; returns those this sender
 /// got (another replica may have taken some first).
 async fn claim(
     pool: &AnyPool,
@@ -288,15 +289,10 @@ async fn claim(
     let now = settings.clock.now();
     let lease =
         chrono::Duration::from_std(settings.delivery.claim_lease).unwrap_or(chrono::Duration::MAX);
-    let mut tx = pool.begin().await.context("claiming due notifications")?;
-    let mut claimed = Vec::with_capacity(due.len());
-    for n in due {
-        if store::claim(&mut *tx, &n, now + lease, now).await? {
-            claimed.push(n);
-        }
-    }
-    tx.commit().await.context("claiming due notifications")?;
-    Ok(claimed)
+    let taken = store::claim_all(pool, &due, now + lease, now)
+        .await
+        .context("claiming due notifications")?;
+    Ok(due.into_iter().filter(|n| taken.contains(&n.id)).collect())
 }
 
 /// What became of one attempt.
@@ -355,9 +351,15 @@ async fn record(
 ) -> Result<(), sqlx::Error> {
     let now = settings.clock.now();
     let mut tx = pool.begin().await?;
+    let sent: Vec<Uuid> = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Sent))
+        .map(|(n, _)| n.id)
+        .collect();
+    store::mark_all_sent(&mut *tx, &sent, now).await?;
     for (n, outcome) in outcomes {
         match outcome {
-            Outcome::Sent => store::mark_sent(&mut *tx, n.id, now).await?,
+            Outcome::Sent => {}
             Outcome::Failed(reason) => store::mark_failed(&mut *tx, n.id, reason, now).await?,
             Outcome::RetryAt(at, reason) => {
                 store::reschedule(&mut *tx, n.id, *at, reason, now).await?;

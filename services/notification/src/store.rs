@@ -4,6 +4,8 @@
 //! `next_attempt_at` into the future with a conditional update (so two replicas never send the
 //! same row at once), then marked SENT, FAILED, or rescheduled.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use platform::{
     contract::RoomId,
@@ -118,23 +120,6 @@ pub async fn insert<'c, E: Executor<'c, Database = Any>>(
     Ok(done.rows_affected() == 1)
 }
 
-/// Makes sure the booking has a facts row (details still unknown).
-pub async fn ensure_booking<'c, E: Executor<'c, Database = Any>>(
-    db: E,
-    booking: Uuid,
-    now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO notification_bookings (booking_id, updated_at) VALUES ($1, $2) \
-         ON CONFLICT (booking_id) DO NOTHING",
-    )
-    .bind(booking.to_string())
-    .bind(to_millis(now))
-    .execute(db)
-    .await?;
-    Ok(())
-}
-
 /// Stores what `BookingCreated` says about the booking.
 pub async fn record_created<'c, E: Executor<'c, Database = Any>>(
     db: E,
@@ -163,33 +148,56 @@ pub async fn record_created<'c, E: Executor<'c, Database = Any>>(
     Ok(())
 }
 
-/// Moves the booking's newest mailed booking-event version up to `version`. Returns None when
-/// it did, or the newer version already there (the event is superseded).
+/// What [`advance_booking_version`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Advance {
+    /// The newer (or equal) version already mailed, when the event is superseded.
+    pub superseded_by: Option<i64>,
+    /// What `BookingCreated` said about the booking, if it has arrived.
+    pub facts: Option<BookingFacts>,
+}
+
+const FACT_COLUMNS: &str =
+    "created_seen, booking_user_id, booking_user_email, room_id, start_ms, end_ms";
+
+/// Moves the booking's newest mailed booking-event version up to `version` (creating the
+/// booking's row if this is its first event) and reads its facts, in one statement when the
+/// event is the newest so far; a superseded event costs one more read.
 pub async fn advance_booking_version(
     tx: &mut platform::db::Tx,
     booking: Uuid,
     version: i64,
     now: DateTime<Utc>,
-) -> Result<Option<i64>, sqlx::Error> {
-    let moved = sqlx::query(
-        "UPDATE notification_bookings SET last_booking_version = $2, updated_at = $3 \
-         WHERE booking_id = $1 AND last_booking_version < $2",
-    )
+) -> Result<Advance, sqlx::Error> {
+    let moved = sqlx::query(&format!(
+        "INSERT INTO notification_bookings (booking_id, last_booking_version, updated_at) \
+         VALUES ($1, $2, $3) ON CONFLICT (booking_id) DO UPDATE SET \
+         last_booking_version = excluded.last_booking_version, updated_at = excluded.updated_at \
+         WHERE notification_bookings.last_booking_version < excluded.last_booking_version \
+         RETURNING {FACT_COLUMNS}"
+    ))
     .bind(booking.to_string())
     .bind(version)
     .bind(to_millis(now))
-    .execute(&mut **tx)
+    .fetch_optional(&mut **tx)
     .await?;
-    if moved.rows_affected() == 1 {
-        return Ok(None);
+    if let Some(row) = moved {
+        return Ok(Advance {
+            superseded_by: None,
+            facts: seen_facts(&row)?,
+        });
     }
-    let current: i64 =
-        sqlx::query("SELECT last_booking_version FROM notification_bookings WHERE booking_id = $1")
-            .bind(booking.to_string())
-            .fetch_one(&mut **tx)
-            .await?
-            .try_get(0)?;
-    Ok(Some(current))
+    let row = sqlx::query(&format!(
+        "SELECT last_booking_version, {FACT_COLUMNS} FROM notification_bookings \
+         WHERE booking_id = $1"
+    ))
+    .bind(booking.to_string())
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(Advance {
+        superseded_by: Some(row.try_get("last_booking_version")?),
+        facts: seen_facts(&row)?,
+    })
 }
 
 /// What `BookingCreated` said about the booking, if it has arrived.
@@ -197,15 +205,24 @@ pub async fn booking_facts<'c, E: Executor<'c, Database = Any>>(
     db: E,
     booking: Uuid,
 ) -> Result<Option<BookingFacts>, sqlx::Error> {
-    sqlx::query(
-        "SELECT booking_user_id, booking_user_email, room_id, start_ms, end_ms \
-         FROM notification_bookings WHERE booking_id = $1 AND created_seen = 1",
-    )
+    match sqlx::query(&format!(
+        "SELECT {FACT_COLUMNS} FROM notification_bookings WHERE booking_id = $1"
+    ))
     .bind(booking.to_string())
     .fetch_optional(db)
     .await?
-    .map(|r| facts_from_row(&r))
-    .transpose()
+    {
+        Some(row) => seen_facts(&row),
+        None => Ok(None),
+    }
+}
+
+/// The facts in a row of [`FACT_COLUMNS`], if `BookingCreated` has filled them in.
+fn seen_facts(r: &AnyRow) -> Result<Option<BookingFacts>, sqlx::Error> {
+    if r.try_get::<i64, _>("created_seen")? != 1 {
+        return Ok(None);
+    }
+    facts_from_row(r).map(Some)
 }
 
 fn facts_from_row(r: &AnyRow) -> Result<BookingFacts, sqlx::Error> {
@@ -302,39 +319,66 @@ pub async fn due(
 /// Takes a due row for one attempt: counts the attempt and hides the row until `lease_until`
 /// (after which, should this process die mid-send, the row is due again). False when another
 /// sender took it first.
-pub async fn claim<'e>(
+/// Takes the `due` records for one attempt each, in one statement: a record is taken only while
+/// it is still PENDING at the due time this sender read, so two senders never take the same
+/// one. Its due time moves to `lease_until` (if this sender dies, the record is due again
+/// then). Returns the ids taken.
+pub async fn claim_all<'e>(
     ex: impl Executor<'e, Database = Any>,
-    n: &Notification,
+    due: &[Notification],
     lease_until: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> Result<bool, sqlx::Error> {
-    let seen = n.next_attempt_at.map(to_millis).unwrap_or_default();
-    let done = sqlx::query(
-        "UPDATE notifications SET attempts = attempts + 1, next_attempt_at = $3, updated_at = $4 \
-         WHERE id = $1 AND status = 'PENDING' AND next_attempt_at = $2",
-    )
-    .bind(n.id.to_string())
-    .bind(seen)
-    .bind(to_millis(lease_until))
-    .bind(to_millis(now))
-    .execute(ex)
-    .await?;
-    Ok(done.rows_affected() == 1)
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    if due.is_empty() {
+        return Ok(HashSet::new());
+    }
+    // Each term looks a record up by its key; repeats of the last one change nothing.
+    let padded = platform::db::padded_len(due.len());
+    let terms = platform::db::param_groups(padded, 2, 3, " OR ", |p| {
+        format!("(id, next_attempt_at) = ({p})")
+    });
+    let sql = format!(
+        "UPDATE notifications SET attempts = attempts + 1, next_attempt_at = $1, updated_at = $2 \
+         WHERE status = 'PENDING' AND ({terms}) RETURNING id"
+    );
+    let mut query = sqlx::query_scalar::<_, String>(&sql)
+        .bind(to_millis(lease_until))
+        .bind(to_millis(now));
+    for i in 0..padded {
+        let n = &due[i.min(due.len() - 1)];
+        query = query
+            .bind(n.id.to_string())
+            .bind(n.next_attempt_at.map(to_millis).unwrap_or_default());
+    }
+    query
+        .fetch_all(ex)
+        .await?
+        .iter()
+        .map(|id| Uuid::parse_str(id).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+        .collect()
 }
 
-pub async fn mark_sent<'e>(
+/// Marks the records `ids` SENT, in one statement.
+pub async fn mark_all_sent<'e>(
     ex: impl Executor<'e, Database = Any>,
-    id: Uuid,
+    ids: &[Uuid],
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE notifications SET status = 'SENT', sent_at = $2, updated_at = $2, \
-         last_error = NULL WHERE id = $1",
-    )
-    .bind(id.to_string())
-    .bind(to_millis(now))
-    .execute(ex)
-    .await?;
+    if ids.is_empty() {
+        return Ok(());
+    }
+    // Repeats of the last id change nothing.
+    let padded = platform::db::padded_len(ids.len());
+    let sql = format!(
+        "UPDATE notifications SET status = 'SENT', sent_at = $1, updated_at = $1, \
+         last_error = NULL WHERE id IN ({})",
+        platform::db::params(2, padded)
+    );
+    let mut query = sqlx::query(&sql).bind(to_millis(now));
+    for i in 0..padded {
+        query = query.bind(ids[i.min(ids.len() - 1)].to_string());
+    }
+    query.execute(ex).await?;
     Ok(())
 }
 
@@ -424,6 +468,22 @@ pub async fn list(pool: &AnyPool, f: &Filter) -> Result<Vec<Notification>, sqlx:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_round_claims_its_records_by_key_not_by_reading_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("notification.db").display());
+        let db = platform::db::Db::connect(&url, crate::migrations())
+            .await
+            .unwrap();
+        let sql = "UPDATE notifications SET attempts = attempts + 1 WHERE status = 'PENDING' \
+                   AND ((id, next_attempt_at) = ('a', $1) OR (id, next_attempt_at) = ('b', $2))";
+        let plan = platform::testkit::query_plan(&db, sql, &[1, 2]).await;
+        assert!(
+            plan.iter().all(|step| !step.starts_with("SCAN")),
+            "{plan:?}"
+        );
+    }
 
     #[tokio::test]
     async fn waiting_mail_is_matched_to_its_booking_by_key_not_by_reading_every_booking() {

@@ -169,6 +169,35 @@ pub async fn mark_processed(
     Ok(done.rows_affected() == 1)
 }
 
+/// Placeholders `$first, …` for `count` parameters.
+pub fn params(first: usize, count: usize) -> String {
+    let list: Vec<String> = (first..first + count).map(|p| format!("${p}")).collect();
+    list.join(", ")
+}
+
+/// `count` groups of `width` parameters numbered from `$first` on, each shaped by `group` from
+/// its placeholders and joined with `separator`: the VALUES rows of a multi-row insert, or the
+/// terms of a condition.
+pub fn param_groups(
+    count: usize,
+    width: usize,
+    first: usize,
+    separator: &str,
+    group: impl Fn(String) -> String,
+) -> String {
+    let groups: Vec<String> = (0..count)
+        .map(|i| group(params(first + i * width, width)))
+        .collect();
+    groups.join(separator)
+}
+
+/// How many rows a statement built for `n` values should have: `n` rounded up to a power of
+/// two, the extra rows repeating a value to no effect. Each connection caches its prepared
+/// statements, and a few shapes stay cached where one per batch size would push others out.
+pub fn padded_len(n: usize) -> usize {
+    n.max(1).next_power_of_two()
+}
+
 /// [`mark_processed`] for a batch, in one statement: answers, in order, whether each message is
 /// new to `consumer` (false: applied before, or already earlier in this batch).
 pub async fn mark_all_processed(
@@ -176,26 +205,28 @@ pub async fn mark_all_processed(
     consumer: &str,
     message_ids: &[String],
 ) -> Result<Vec<bool>, sqlx::Error> {
+    if message_ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut unique: Vec<&str> = Vec::with_capacity(message_ids.len());
     for id in message_ids {
         if !unique.contains(&id.as_str()) {
             unique.push(id);
         }
     }
+    // Repeats of the last id are no-ops (ON CONFLICT DO NOTHING).
+    let padded = padded_len(unique.len());
     // ($1, $2, $3), ($1, $2, $4), …: the consumer and the time once, then the ids.
-    let rows: Vec<String> = (0..unique.len())
-        .map(|i| format!("($1, $2, ${})", i + 3))
-        .collect();
+    let rows = param_groups(padded, 1, 3, ", ", |id| format!("($1, $2, {id})"));
     let sql = format!(
-        "INSERT INTO processed_messages (consumer, processed_at, message_id) VALUES {} \
-         ON CONFLICT DO NOTHING RETURNING message_id",
-        rows.join(", ")
+        "INSERT INTO processed_messages (consumer, processed_at, message_id) VALUES {rows} \
+         ON CONFLICT DO NOTHING RETURNING message_id"
     );
     let mut query = sqlx::query_scalar::<_, String>(&sql)
         .bind(consumer)
         .bind(crate::time::now_millis());
-    for id in &unique {
-        query = query.bind(*id);
+    for i in 0..padded {
+        query = query.bind(unique[i.min(unique.len() - 1)]);
     }
     let mut new: HashSet<String> = query.fetch_all(&mut **tx).await?.into_iter().collect();
     // The first occurrence of a new id is fresh; any later one in the batch is a duplicate.
@@ -210,6 +241,17 @@ pub fn is_conflict(e: &sqlx::Error) -> bool {
                 db.code().as_deref(),
                 Some("23505" | "23P01" | "2067" | "1555")
             ) || db.message().contains("UNIQUE constraint failed")
+        }
+        _ => false,
+    }
+}
+
+/// True when the error is a foreign-key violation (the row names a parent that does not exist).
+pub fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("23503" | "787"))
+                || db.message().contains("FOREIGN KEY constraint failed")
         }
         _ => false,
     }
@@ -238,5 +280,29 @@ pub fn error_mentions(e: &sqlx::Error, needle: &str) -> bool {
                 || db.code().as_deref() == Some("23P01") && needle.contains("overlap")
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_on_from_the_first_and_grouped() {
+        assert_eq!(params(3, 2), "$3, $4");
+        assert_eq!(
+            param_groups(2, 2, 2, ", ", |p| format!("($1, {p})")),
+            "($1, $2, $3), ($1, $4, $5)"
+        );
+        assert_eq!(
+            param_groups(2, 1, 1, " OR ", |p| format!("id = {p}")),
+            "id = $1 OR id = $2"
+        );
+    }
+
+    #[test]
+    fn statement_sizes_round_up_to_a_power_of_two() {
+        let sizes: Vec<usize> = [0, 1, 2, 3, 5, 64, 65].map(padded_len).to_vec();
+        assert_eq!(sizes, vec![1, 1, 2, 4, 8, 64, 128]);
     }
 }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     contract::Envelope,
-    db::{Db, Tx},
+    db::{self, Db, Tx},
     metrics, topology,
     trace::{self, TraceParent},
 };
@@ -69,19 +69,35 @@ impl OutboxSignal {
 
 /// Adds `env` to the outbox inside the caller's transaction.
 pub async fn enqueue(tx: &mut Tx, env: &Envelope, trace: &TraceParent) -> Result<(), sqlx::Error> {
-    let payload = String::from_utf8(env.to_json()).expect("JSON is UTF-8");
-    sqlx::query(
-        "INSERT INTO outbox (message_id, subject, payload, traceparent, created_at, booking_id) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(env.message_id.to_string())
-    .bind(topology::subject_for(env))
-    .bind(payload)
-    .bind(trace.child().to_string())
-    .bind(crate::time::now_millis())
-    .bind(env.booking_id.to_string())
-    .execute(&mut **tx)
-    .await?;
+    enqueue_all(tx, std::slice::from_ref(env), trace).await
+}
+
+/// Adds `envs`, in order, to the outbox inside the caller's transaction (one statement).
+pub async fn enqueue_all(
+    tx: &mut Tx,
+    envs: &[Envelope],
+    trace: &TraceParent,
+) -> Result<(), sqlx::Error> {
+    if envs.is_empty() {
+        return Ok(());
+    }
+    // ($2, …, $6, $1), ($7, …, $11, $1), …: five values per message, then the time they share.
+    let rows = db::param_groups(envs.len(), 5, 2, ", ", |p| format!("({p}, $1)"));
+    let sql = format!(
+        "INSERT INTO outbox (message_id, subject, payload, traceparent, booking_id, created_at) \
+         VALUES {rows}"
+    );
+    let mut query = sqlx::query(&sql).bind(crate::time::now_millis());
+    for env in envs {
+        let payload = String::from_utf8(env.to_json()).expect("JSON is UTF-8");
+        query = query
+            .bind(env.message_id.to_string())
+            .bind(topology::subject_for(env))
+            .bind(payload)
+            .bind(trace.child().to_string())
+            .bind(env.booking_id.to_string());
+    }
+    query.execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -140,7 +156,9 @@ pub async fn relay(
             }
         }
         match relay_batch(service, &db, &js).await {
-            Ok(0) => {
+            // A short batch took every row there was. Rows committed since then have woken the
+            // relay (the wake-up is kept until it waits), so it can wait without looking again.
+            Ok(sent) if sent < BATCH as usize => {
                 failures = 0;
                 metrics::outbox_backlog(service, 0);
                 tokio::select! {
@@ -242,14 +260,15 @@ async fn relay_batch(
         }
     }
     if !acked.is_empty() {
-        let placeholders: Vec<String> = (2..=acked.len() + 1).map(|i| format!("${i}")).collect();
+        // Repeats of the last id change nothing.
+        let padded = db::padded_len(acked.len());
         let sql = format!(
             "UPDATE outbox SET published_at = $1 WHERE id IN ({})",
-            placeholders.join(", ")
+            db::params(2, padded)
         );
         let mut query = sqlx::query(&sql).bind(crate::time::now_millis());
-        for id in &acked {
-            query = query.bind(*id);
+        for i in 0..padded {
+            query = query.bind(acked[i.min(acked.len() - 1)]);
         }
         query.execute(&db.pool).await?;
     }

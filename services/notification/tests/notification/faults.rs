@@ -139,6 +139,33 @@ async fn an_event_that_overtakes_its_booking_waits_for_it_and_the_stale_one_is_s
     assert_eq!(mails[0].invite().status, "CONFIRMED");
 }
 
+async fn a_different_event_with_a_version_already_mailed_is_skipped(backend: TestBackend) {
+    let app = spawn_app(backend).await;
+    let booking = Booking::new();
+    app.publish(&booking.created()).await;
+    app.publish(&booking.confirmed()).await;
+    app.wait_mails(booking.id, 2).await;
+
+    // A new message (its own id) claiming the version the confirmation had.
+    let clash = booking.cancelled(2, CancelReason::UserCancelled, None);
+    app.publish(&clash).await;
+    let records = app.wait_settled(booking.id, 3).await;
+    let record = records
+        .iter()
+        .find(|r| r["eventType"] == "BookingCancelled")
+        .unwrap();
+    assert_eq!(record["status"], "SKIPPED", "{record:#}");
+    assert!(
+        record["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("a repeat of booking event version 2"),
+        "{record:#}"
+    );
+    app.wait_consumed().await;
+    assert_eq!(app.mails_of(booking.id).len(), 2);
+}
+
 async fn an_event_for_an_unknown_booking_fails_after_the_grace_period(backend: TestBackend) {
     let clock = ManualClock::starting_at(Utc::now());
     let app = spawn_app_with(backend, |c| {
@@ -262,6 +289,7 @@ crate::on_both_backends!(
     a_server_that_keeps_deferring_is_given_up_on_after_the_attempt_limit,
     a_booker_without_a_usable_address_is_failed_with_the_reason,
     an_event_that_overtakes_its_booking_waits_for_it_and_the_stale_one_is_skipped,
+    a_different_event_with_a_version_already_mailed_is_skipped,
     an_event_for_an_unknown_booking_fails_after_the_grace_period,
     events_older_than_the_age_limit_are_recorded_but_not_mailed,
     without_a_mail_server_each_mail_is_written_to_the_mail_folder,
