@@ -182,11 +182,7 @@ async fn garbage_on_every_subject_is_parked_and_later_sagas_complete(backend: Te
         ];
         specs
             .into_iter()
-            .filter(|c| {
-                c.filter_subjects
-                    .iter()
-                    .any(|f| subject.starts_with(f.trim_end_matches('>')))
-            })
+            .filter(|c| c.takes(subject))
             .map(|c| c.durable)
             .collect()
     };

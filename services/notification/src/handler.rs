@@ -9,7 +9,7 @@
 //! | `BookingConfirmed` | CONFIRMED to the booker |
 //! | `BookingCancelled` (DENIED / USER_CANCELLED / EXPIRED) | DENIED / CANCELLED / EXPIRED to the booker |
 //! | `ConfirmRequested` | APPROVAL_REQUESTED to each address in `ADMIN_EMAILS` |
-//! | anything else | none (the booking events above already tell the booker) |
+//! | anything else | none (the booking events above already tell the booker); the consumer is not even given them ([`platform::topology::ConsumerSpec::notification`]) |
 //!
 //! Order and gaps: only `BookingCreated` carries the booker's address and the slot, so it is
 //! stored per booking. A booker mail whose `BookingCreated` has not been seen yet (it is being
@@ -42,8 +42,8 @@ impl Handler for NotificationHandler {
     async fn handle(&self, tx: &mut Tx, msg: &Incoming) -> Result<(), HandleError> {
         let env = &msg.envelope;
         let now = self.settings.clock.now();
-        // Events that are not a status change someone should hear about are only recorded as
-        // seen (by the consumer); new event types need no change here.
+        // The consumer takes only the events below; anything else that reaches it (say, from
+        // a consumer declared by an older version) is only recorded as seen.
         match &env.body {
             Body::BookingCreated(b) => {
                 let facts = BookingFacts {
@@ -255,6 +255,70 @@ pub fn address_booker(n: &mut Notification, facts: &BookingFacts) {
                     n.last_error = Some(format!("the booker's address is unusable: {reason}"));
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use platform::{
+        contract::*,
+        topology::{subject_for, ConsumerSpec},
+    };
+    use uuid::Uuid;
+
+    fn subject(body: Body) -> String {
+        let id = Uuid::new_v4();
+        subject_for(&Envelope::new(id, id, 1, body))
+    }
+
+    #[test]
+    fn the_consumer_takes_the_events_that_mail_someone_and_no_others() {
+        let spec = ConsumerSpec::notification();
+        let at = chrono::Utc::now();
+        let mailed = [
+            Body::BookingCreated(BookingCreated {
+                room_id: 1,
+                booking_user_id: "u".into(),
+                booking_user_email: None,
+                use_start_dtm: at,
+                use_end_dtm: at,
+            }),
+            Body::BookingConfirmed(BookingConfirmed {}),
+            Body::BookingCancelled(BookingCancelled {
+                reason: CancelReason::Denied,
+                detail: None,
+            }),
+            Body::ConfirmRequested(ConfirmRequested {
+                confirm_id: Uuid::new_v4(),
+                room_id: 1,
+                booking_user_id: "u".into(),
+                use_start_dtm: at,
+                use_end_dtm: at,
+                approval_deadline: at,
+            }),
+        ];
+        for body in mailed {
+            let subject = subject(body);
+            assert!(spec.takes(&subject), "{subject}");
+        }
+        let silent = [
+            Body::SagaStateChanged(SagaStateChanged {
+                state: "CONFIRMED".into(),
+                previous_state: None,
+            }),
+            Body::ConfirmCompleted(ConfirmDecided {
+                confirm_id: Uuid::new_v4(),
+                confirm_user_id: "admin".into(),
+                reason: None,
+            }),
+            Body::ConfirmExpired(ConfirmExpired {
+                confirm_id: Uuid::new_v4(),
+            }),
+        ];
+        for body in silent {
+            let subject = subject(body);
+            assert!(!spec.takes(&subject), "{subject}");
         }
     }
 }

@@ -83,13 +83,25 @@ impl ConsumerSpec {
         }
     }
 
-    /// The notification service follows every event (to e-mail on each status change).
+    /// The notification service takes the events it mails about (the booking's own status
+    /// changes, and the approval request for the admins) and no others: the saga's and the
+    /// confirm's other events would only be recorded as seen.
     pub fn notification() -> Self {
         ConsumerSpec {
             durable: "notification",
             stream: EVENTS_STREAM,
-            filter_subjects: vec![format!("{EVENTS_PREFIX}.>")],
+            filter_subjects: vec![
+                format!("{EVENTS_PREFIX}.booking.>"),
+                format!("{EVENTS_PREFIX}.confirm.*.ConfirmRequested"),
+            ],
         }
+    }
+
+    /// Whether the consumer takes messages published on `subject`.
+    pub fn takes(&self, subject: &str) -> bool {
+        self.filter_subjects
+            .iter()
+            .any(|filter| subject_matches(filter, subject))
     }
 
     /// The booking list follows every event (to keep its read model).
@@ -181,6 +193,20 @@ pub async fn ensure_consumer(
         .with_context(|| format!("declaring consumer {}", spec.durable))
 }
 
+/// NATS subject matching: `*` stands for one token, a final `>` for one or more.
+pub fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut subject = subject.split('.');
+    for token in filter.split('.') {
+        match (token, subject.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (token, Some(s)) if token == s => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
+}
+
 /// Delay before the next delivery after `delivered` failed attempts.
 pub fn redelivery_delay(delivered: i64) -> Duration {
     let index = usize::try_from(delivered.max(1) - 1).unwrap_or(0);
@@ -192,6 +218,27 @@ mod tests {
     use super::*;
     use crate::contract::*;
     use uuid::Uuid;
+
+    #[test]
+    fn subjects_match_filters_token_by_token() {
+        let cases = [
+            ("a.>", "a.b", true),
+            ("a.>", "a.b.c", true),
+            ("a.>", "a", false),
+            ("a.*.c", "a.b.c", true),
+            ("a.*.c", "a.b.d", false),
+            ("a.*.c", "a.b.c.d", false),
+            ("a.b", "a.b", true),
+            ("a.b", "a.bc", false),
+        ];
+        for (filter, subject, matches) in cases {
+            assert_eq!(
+                subject_matches(filter, subject),
+                matches,
+                "{filter} ~ {subject}"
+            );
+        }
+    }
 
     #[test]
     fn events_and_commands_go_to_their_owners_subjects() {
