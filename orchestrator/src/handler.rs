@@ -2,7 +2,7 @@
 //! run the state machine, save it (guarded by its revision), record the timeline and put the
 //! resulting commands and saga events in the outbox — all committed together.
 
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use platform::{
@@ -13,6 +13,7 @@ use platform::{
     outbox,
     trace::TraceParent,
 };
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{
@@ -27,8 +28,40 @@ pub struct SagaHandler {
 
 impl Handler for SagaHandler {
     async fn handle(&self, tx: &mut Tx, msg: &Incoming) -> Result<(), HandleError> {
+        let stored = store::load(&mut **tx, msg.envelope.booking_id).await?;
+        self.apply(tx, msg, stored).await
+    }
+
+    /// Reads the sagas of the whole batch in one statement. A booking's later messages in the
+    /// batch read its saga again, since the earlier one has just changed it.
+    async fn handle_batch(&self, tx: &mut Tx, msgs: &[&Incoming]) -> Result<(), HandleError> {
+        let mut bookings: Vec<Uuid> = msgs.iter().map(|m| m.envelope.booking_id).collect();
+        bookings.sort();
+        bookings.dedup();
+        let mut loaded = store::load_many(tx, &bookings).await?;
+        let mut seen = HashSet::with_capacity(bookings.len());
+        for msg in msgs {
+            let booking = msg.envelope.booking_id;
+            let stored = if seen.insert(booking) {
+                loaded.remove(&booking)
+            } else {
+                store::load(&mut **tx, booking).await?
+            };
+            self.apply(tx, msg, stored).instrument(msg.span()).await?;
+        }
+        Ok(())
+    }
+}
+
+impl SagaHandler {
+    /// Runs the state machine on `msg` against the saga as `stored` (None: no saga yet).
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        msg: &Incoming,
+        stored: Option<StoredSaga>,
+    ) -> Result<(), HandleError> {
         let env = &msg.envelope;
-        let stored = store::load(&mut **tx, env.booking_id).await?;
         let cause = |state: SagaState, note: Option<String>| Step {
             at: platform::time::now(),
             direction: "in".into(),
@@ -137,4 +170,135 @@ pub async fn persist(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone as _;
+    use platform::{clock::ManualClock, contract::*, db::Db, trace::TraceParent};
+    use sqlx::Row as _;
+
+    use super::*;
+
+    async fn database(dir: &tempfile::TempDir, name: &str) -> Db {
+        let url = format!("sqlite://{}", dir.path().join(name).display());
+        Db::connect(&url, crate::migrations()).await.unwrap()
+    }
+
+    fn incoming(env: Envelope) -> Incoming {
+        Incoming {
+            subject: platform::topology::subject_for(&env),
+            trace: TraceParent::continue_or_start(None),
+            delivered: 1,
+            envelope: env,
+        }
+    }
+
+    /// A booking's events as its participants publish them on the way to CONFIRMED.
+    fn approved_path(booking: Uuid) -> Vec<Envelope> {
+        let at = |h| Utc.with_ymd_and_hms(2030, 5, 1, h, 0, 0).unwrap();
+        let confirm_id = Uuid::new_v4();
+        let env = |version, body| Envelope::new(booking, booking, version, body);
+        vec![
+            env(
+                1,
+                Body::BookingCreated(BookingCreated {
+                    room_id: 101,
+                    booking_user_id: "alice".into(),
+                    booking_user_email: None,
+                    use_start_dtm: at(9),
+                    use_end_dtm: at(10),
+                }),
+            ),
+            env(
+                1,
+                Body::ConfirmRequested(ConfirmRequested {
+                    confirm_id,
+                    room_id: 101,
+                    booking_user_id: "alice".into(),
+                    use_start_dtm: at(9),
+                    use_end_dtm: at(10),
+                    approval_deadline: at(8),
+                }),
+            ),
+            env(
+                2,
+                Body::ConfirmCompleted(ConfirmDecided {
+                    confirm_id,
+                    confirm_user_id: "admin".into(),
+                    reason: None,
+                }),
+            ),
+            env(2, Body::BookingConfirmed(BookingConfirmed {})),
+        ]
+    }
+
+    /// What a booking's saga became: the saga, its timeline and the types it put in the outbox.
+    async fn outcome(db: &Db, booking: Uuid) -> (saga::Saga, Vec<String>, Vec<String>) {
+        let saga = store::find(db, booking).await.unwrap().unwrap().saga;
+        let timeline = store::timeline(db, booking)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| {
+                format!(
+                    "{} {} {} {:?}",
+                    s.direction, s.message_type, s.state, s.note
+                )
+            })
+            .collect();
+        let outbox = sqlx::query("SELECT subject FROM outbox WHERE booking_id = $1 ORDER BY id")
+            .bind(booking.to_string())
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| Body::type_of_subject(&r.get::<String, _>(0)).to_string())
+            .collect();
+        (saga, timeline, outbox)
+    }
+
+    #[tokio::test]
+    async fn a_batch_moves_each_saga_as_its_messages_one_at_a_time_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one_by_one, batched) = (
+            database(&dir, "one.db").await,
+            database(&dir, "batch.db").await,
+        );
+        let clock = ManualClock::starting_at(Utc.with_ymd_and_hms(2030, 5, 1, 7, 0, 0).unwrap());
+        let handler = SagaHandler {
+            policy: Policy::default(),
+            clock: Arc::new(clock),
+        };
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let (path_a, path_b) = (approved_path(a), approved_path(b));
+        // Interleaved; all four of a's messages and the first two of b's in one batch, so a
+        // booking's later messages build on what its earlier ones did within the batch.
+        let messages: Vec<Incoming> = [
+            &path_a[0], &path_b[0], &path_a[1], &path_a[2], &path_b[1], &path_a[3],
+        ]
+        .into_iter()
+        .map(|e| incoming(e.clone()))
+        .collect();
+
+        for msg in &messages {
+            let mut tx = one_by_one.begin().await.unwrap();
+            handler.handle(&mut tx, msg).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        let mut tx = batched.begin().await.unwrap();
+        let refs: Vec<&Incoming> = messages.iter().collect();
+        handler.handle_batch(&mut tx, &refs).await.unwrap();
+        tx.commit().await.unwrap();
+
+        for booking in [a, b] {
+            let expected = outcome(&one_by_one, booking).await;
+            assert_eq!(outcome(&batched, booking).await, expected);
+        }
+        assert_eq!(
+            outcome(&batched, a).await.0.state,
+            SagaState::Completed,
+            "a's whole path in one batch"
+        );
+    }
 }

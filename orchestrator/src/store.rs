@@ -1,5 +1,7 @@
 //! Persistence of sagas and their timelines (same SQL on SQLite and PostgreSQL).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use platform::{
     db::{Db, Tx},
@@ -98,6 +100,33 @@ pub async fn load<'c, E: Executor<'c, Database = Any>>(
     .await?
     .map(|r| from_row(&r))
     .transpose()
+}
+
+/// The sagas of `booking_ids` that exist, by booking id, in one statement (for a consumer batch,
+/// at most `platform::consumer::MAX_BATCH` ids).
+pub async fn load_many(
+    tx: &mut Tx,
+    booking_ids: &[Uuid],
+) -> Result<HashMap<Uuid, StoredSaga>, sqlx::Error> {
+    if booking_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // Repeats of the last id change nothing in an IN list.
+    let padded = platform::db::padded_len(booking_ids.len());
+    let sql = format!(
+        "SELECT {COLUMNS} FROM sagas WHERE booking_id IN ({})",
+        platform::db::params(1, padded)
+    );
+    let mut query = sqlx::query(&sql);
+    for i in 0..padded {
+        query = query.bind(booking_ids[i.min(booking_ids.len() - 1)].to_string());
+    }
+    query
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| from_row(r).map(|s| (s.saga.booking_id, s)))
+        .collect()
 }
 
 /// Finds a saga by its saga id or its booking id.
