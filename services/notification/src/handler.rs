@@ -26,6 +26,7 @@ use platform::{
     contract::{Body, Envelope},
     db::Tx,
 };
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{
@@ -40,6 +41,35 @@ pub struct NotificationHandler {
 
 impl Handler for NotificationHandler {
     async fn handle(&self, tx: &mut Tx, msg: &Incoming) -> Result<(), HandleError> {
+        let mut records = Vec::new();
+        self.records(tx, msg, &mut records).await?;
+        store::insert_all(tx, &records).await?;
+        Ok(())
+    }
+
+    /// The records of the whole batch are written together at its end: nothing in handling an
+    /// event reads them.
+    async fn handle_batch(&self, tx: &mut Tx, msgs: &[&Incoming]) -> Result<(), HandleError> {
+        let mut records = Vec::new();
+        for msg in msgs {
+            self.records(tx, msg, &mut records)
+                .instrument(msg.span())
+                .await?;
+        }
+        store::insert_all(tx, &records).await?;
+        Ok(())
+    }
+}
+
+impl NotificationHandler {
+    /// Updates what is known of the event's booking and adds the delivery records the event
+    /// makes to `out`.
+    async fn records(
+        &self,
+        tx: &mut Tx,
+        msg: &Incoming,
+        out: &mut Vec<store::NewRecord>,
+    ) -> Result<(), HandleError> {
         let env = &msg.envelope;
         let now = self.settings.clock.now();
         // The consumer takes only the events below; anything else that reaches it (say, from
@@ -54,14 +84,17 @@ impl Handler for NotificationHandler {
                     end: b.use_end_dtm,
                 };
                 store::record_created(&mut **tx, env.booking_id, &facts, now).await?;
-                self.to_booker(tx, env, Kind::Booked, None, now).await?;
+                self.to_booker(tx, env, Kind::Booked, None, now, out)
+                    .await?;
             }
             Body::BookingConfirmed(_) => {
-                self.to_booker(tx, env, Kind::Confirmed, None, now).await?;
+                self.to_booker(tx, env, Kind::Confirmed, None, now, out)
+                    .await?;
             }
             Body::BookingCancelled(c) => {
                 let kind = Kind::of_cancel(c.reason);
-                self.to_booker(tx, env, kind, c.detail.clone(), now).await?;
+                self.to_booker(tx, env, kind, c.detail.clone(), now, out)
+                    .await?;
             }
             Body::ConfirmRequested(c) => {
                 let facts = BookingFacts {
@@ -71,16 +104,13 @@ impl Handler for NotificationHandler {
                     start: c.use_start_dtm,
                     end: c.use_end_dtm,
                 };
-                self.to_admins(tx, env, &facts, c.confirm_id, c.approval_deadline, now)
-                    .await?;
+                self.to_admins(env, &facts, c.confirm_id, c.approval_deadline, now, out);
             }
             _ => {}
         }
         Ok(())
     }
-}
 
-impl NotificationHandler {
     async fn to_booker(
         &self,
         tx: &mut Tx,
@@ -88,6 +118,7 @@ impl NotificationHandler {
         kind: Kind,
         detail: Option<String>,
         now: DateTime<Utc>,
+        out: &mut Vec<store::NewRecord>,
     ) -> Result<(), HandleError> {
         let version = i64::try_from(env.version).unwrap_or(i64::MAX);
         let store::Advance {
@@ -117,22 +148,22 @@ impl NotificationHandler {
             n.status = Status::Waiting;
             n.last_error = Some(WAITING_REASON.to_string());
         }
-        store::insert(&mut **tx, &n, store::BOOKER_KEY).await?;
+        out.push((n, store::BOOKER_KEY.to_string()));
         Ok(())
     }
 
-    async fn to_admins(
+    fn to_admins(
         &self,
-        tx: &mut Tx,
         env: &Envelope,
         facts: &BookingFacts,
         confirm_id: Uuid,
         deadline: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> Result<(), HandleError> {
+        out: &mut Vec<store::NewRecord>,
+    ) {
         if self.settings.admin_emails.is_empty() {
             tracing::debug!("no ADMIN_EMAILS configured: approval request not mailed");
-            return Ok(());
+            return;
         }
         let too_old = self.too_old(env, now);
         for admin in &self.settings.admin_emails {
@@ -155,9 +186,8 @@ impl NotificationHandler {
                 n.status = Status::Skipped;
                 n.last_error = Some(reason.clone());
             }
-            store::insert(&mut **tx, &n, &key).await?;
+            out.push((n, key));
         }
-        Ok(())
     }
 
     /// A fresh record of `env` for one recipient, PENDING and due now.

@@ -78,46 +78,71 @@ fn from_row(row: &AnyRow) -> Result<Notification, sqlx::Error> {
     })
 }
 
-/// Records a delivery; false when this (event, recipient) was recorded before.
-pub async fn insert<'c, E: Executor<'c, Database = Any>>(
-    db: E,
-    n: &Notification,
-    recipient_key: &str,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(&format!(
-        "INSERT INTO notifications ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26) \
+/// A delivery record and its recipient key (unique per event with the event id).
+pub type NewRecord = (Notification, String);
+
+/// Records deliveries, skipping any (event, recipient) recorded before, in a few statements:
+/// chunks of power-of-two sizes (at most [`INSERT_CHUNK`]), so each connection caches a
+/// handful of statement shapes.
+pub async fn insert_all(
+    tx: &mut sqlx::AnyConnection,
+    records: &[NewRecord],
+) -> Result<(), sqlx::Error> {
+    let mut rest = records;
+    while !rest.is_empty() {
+        let size = INSERT_CHUNK.min(1 << rest.len().ilog2());
+        let (chunk, tail) = rest.split_at(size);
+        insert_chunk(&mut *tx, chunk).await?;
+        rest = tail;
+    }
+    Ok(())
+}
+
+/// Most records in one insert (26 parameters each).
+pub const INSERT_CHUNK: usize = 32;
+
+async fn insert_chunk(
+    tx: &mut sqlx::AnyConnection,
+    chunk: &[NewRecord],
+) -> Result<(), sqlx::Error> {
+    let width = COLUMNS.split(',').count();
+    let rows = platform::db::param_groups(chunk.len(), width, 1, ", ", |p| format!("({p})"));
+    let sql = format!(
+        "INSERT INTO notifications ({COLUMNS}) VALUES {rows} \
          ON CONFLICT (event_id, recipient_key) DO NOTHING"
-    ))
-    .bind(n.id.to_string())
-    .bind(n.event_id.to_string())
-    .bind(&n.event_type)
-    .bind(n.event_version)
-    .bind(to_millis(n.occurred_at))
-    .bind(n.booking_id.to_string())
-    .bind(n.kind.as_str())
-    .bind(n.recipient_role.as_str())
-    .bind(recipient_key)
-    .bind(&n.recipient)
-    .bind(&n.booking_user_id)
-    .bind(n.room_id)
-    .bind(n.use_start_dtm.map(to_millis))
-    .bind(n.use_end_dtm.map(to_millis))
-    .bind(&n.detail)
-    .bind(n.confirm_id.map(|c| c.to_string()))
-    .bind(n.approval_deadline.map(to_millis))
-    .bind(&n.subject)
-    .bind(&n.mail_message_id)
-    .bind(n.status.as_str())
-    .bind(n.attempts)
-    .bind(to_millis(n.next_attempt_at.unwrap_or(n.created_at)))
-    .bind(&n.last_error)
-    .bind(to_millis(n.created_at))
-    .bind(to_millis(n.updated_at))
-    .bind(n.sent_at.map(to_millis))
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    );
+    let mut query = sqlx::query(&sql);
+    for (n, recipient_key) in chunk {
+        query = query
+            .bind(n.id.to_string())
+            .bind(n.event_id.to_string())
+            .bind(n.event_type.clone())
+            .bind(n.event_version)
+            .bind(to_millis(n.occurred_at))
+            .bind(n.booking_id.to_string())
+            .bind(n.kind.as_str())
+            .bind(n.recipient_role.as_str())
+            .bind(recipient_key.clone())
+            .bind(n.recipient.clone())
+            .bind(n.booking_user_id.clone())
+            .bind(n.room_id)
+            .bind(n.use_start_dtm.map(to_millis))
+            .bind(n.use_end_dtm.map(to_millis))
+            .bind(n.detail.clone())
+            .bind(n.confirm_id.map(|c| c.to_string()))
+            .bind(n.approval_deadline.map(to_millis))
+            .bind(n.subject.clone())
+            .bind(n.mail_message_id.clone())
+            .bind(n.status.as_str())
+            .bind(n.attempts)
+            .bind(to_millis(n.next_attempt_at.unwrap_or(n.created_at)))
+            .bind(n.last_error.clone())
+            .bind(to_millis(n.created_at))
+            .bind(to_millis(n.updated_at))
+            .bind(n.sent_at.map(to_millis));
+    }
+    query.execute(&mut *tx).await?;
+    Ok(())
 }
 
 /// Stores what `BookingCreated` says about the booking.
@@ -468,6 +493,73 @@ pub async fn list(pool: &AnyPool, f: &Filter) -> Result<Vec<Notification>, sqlx:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn records_are_written_in_chunks_and_one_recorded_before_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("notification.db").display());
+        let db = platform::db::Db::connect(&url, crate::migrations())
+            .await
+            .unwrap();
+        let now = from_millis(to_millis(Utc::now()));
+        let event = Uuid::new_v4();
+        let record = |i: usize| Notification {
+            id: Uuid::now_v7(),
+            booking_id: Uuid::new_v4(),
+            event_id: event,
+            event_type: "ConfirmRequested".into(),
+            event_version: 1,
+            occurred_at: now,
+            kind: Kind::ApprovalRequested,
+            recipient_role: Role::Admin,
+            recipient: Some(format!("admin{i}@example.com")),
+            booking_user_id: Some("alice".into()),
+            room_id: Some(101),
+            use_start_dtm: Some(now),
+            use_end_dtm: Some(now),
+            detail: None,
+            confirm_id: Some(Uuid::new_v4()),
+            approval_deadline: Some(now),
+            subject: Some(format!("Approval needed {i}")),
+            mail_message_id: format!("<{i}@example.com>"),
+            status: Status::Pending,
+            attempts: 0,
+            next_attempt_at: Some(now),
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+            sent_at: None,
+        };
+        // 37 records: chunks of 32, 4 and 1; the first two were recorded before (other ids).
+        let records: Vec<NewRecord> = (0..37)
+            .map(|i| (record(i), admin_key(&format!("admin{i}@example.com"))))
+            .collect();
+        let earlier: Vec<NewRecord> = records[..2]
+            .iter()
+            .map(|(n, key)| {
+                let mut n = n.clone();
+                n.id = Uuid::now_v7();
+                (n, key.clone())
+            })
+            .collect();
+        let mut conn = db.pool.acquire().await.unwrap();
+        insert_all(&mut conn, &earlier).await.unwrap();
+        insert_all(&mut conn, &records).await.unwrap();
+
+        let json = |n: &Notification| serde_json::to_value(n).unwrap();
+        for (n, _) in &records[..2] {
+            assert!(get(&db.pool, n.id).await.unwrap().is_none());
+        }
+        for (n, _) in &records[2..] {
+            let stored = get(&db.pool, n.id).await.unwrap().expect("recorded");
+            assert_eq!(json(&stored), json(n));
+        }
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notifications")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(total, 37);
+    }
 
     #[tokio::test]
     async fn a_round_claims_its_records_by_key_not_by_reading_the_table() {
