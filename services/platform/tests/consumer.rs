@@ -167,3 +167,47 @@ async fn a_failing_message_in_a_batch_is_handled_alone_and_the_rest_apply_once()
     cancel.cancel();
     task.await.unwrap();
 }
+
+/// A rolling upgrade: the durable consumer exists with the subjects an earlier version gave
+/// it; declaring it again at start-up moves it to the new ones.
+#[tokio::test]
+async fn a_consumer_declared_with_other_subjects_takes_the_new_ones_when_declared_again() {
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    topology::ensure_streams(&js, 1).await.unwrap();
+    let current = ConsumerSpec::notification();
+    let earlier = ConsumerSpec {
+        filter_subjects: vec![format!("{}.>", topology::EVENTS_PREFIX)],
+        ..current.clone()
+    };
+    topology::ensure_consumer(&js, &earlier).await.unwrap();
+    let mut consumer = topology::ensure_consumer(&js, &current).await.unwrap();
+    let info = consumer.info().await.unwrap().clone();
+    assert_eq!(info.config.filter_subjects, current.filter_subjects);
+
+    // Of a booking event and a saga event, only the one it now takes is waiting for it.
+    let booking = Uuid::new_v4();
+    for body in [
+        Body::BookingConfirmed(BookingConfirmed {}),
+        Body::SagaStateChanged(roombook_platform::contract::SagaStateChanged {
+            state: "COMPLETED".into(),
+            previous_state: None,
+        }),
+    ] {
+        let env = Envelope::new(booking, booking, 2, body);
+        js.publish(topology::subject_for(&env), env.to_json().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let pending = eventually("the consumer to count its messages", WAIT, || {
+        let mut consumer = consumer.clone();
+        async move {
+            let info = consumer.info().await.ok()?.clone();
+            (info.num_pending > 0).then_some(info.num_pending)
+        }
+    })
+    .await;
+    assert_eq!(pending, 1);
+}
