@@ -1,8 +1,9 @@
 //! Process-level fault injection: the real service binaries and a real nats-server, a driver
 //! running hundreds of sagas (approve / deny / owner's cancel / expiry; a fifth of the requests
 //! compete for a slot another saga booked) while a chaos task SIGKILLs and restarts the
-//! orchestrator, booking and confirm at random moments and restarts nats-server once; then a
-//! checker asks every service and asserts DESIGN §2's invariants, among them no double booking.
+//! orchestrator, booking and confirm at random points of the driver's requests and restarts
+//! nats-server once; then a checker asks every service and asserts DESIGN §2's invariants,
+//! among them no double booking.
 //!
 //! The binaries come from the same target directory as this test (`cargo build --bins`, which
 //! `scripts/test` runs first). `ROOMBOOK_CHAOS_SEED` replays a run; `ROOMBOOK_CHAOS_SAGAS` sizes it.
@@ -26,7 +27,7 @@ use platform::{
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 
 /// One service binary run as a child process; SIGKILLed and restarted by the chaos task.
 pub struct Proc {
@@ -249,7 +250,8 @@ pub async fn run(settings: Settings) {
 
     let cluster = Arc::new(Mutex::new(cluster));
     let done = tokio_util::sync::CancellationToken::new();
-    let chaos = tokio::spawn(chaos(cluster.clone(), seed, done.clone()));
+    let (requests, requests_seen) = watch::channel(0);
+    let chaos = tokio::spawn(chaos(cluster.clone(), seed, requests_seen, done.clone()));
 
     let base = (Utc::now() + Span::days(30))
         .date_naive()
@@ -264,6 +266,7 @@ pub async fn run(settings: Settings) {
             .flat_map(|i| [Some(i), rival(i)])
             .flatten()
             .collect(),
+        requests,
     };
     // Sagas arrive on a fixed schedule (open-loop load), so the faults fall across the whole run.
     let began = tokio::time::Instant::now();
@@ -410,9 +413,15 @@ struct Driver {
     urls: Urls,
     /// Sagas whose slot another one asks for: whichever comes second may be refused.
     contested: HashSet<usize>,
+    /// Requests sent so far (answered or not): the clock the fault schedule runs on.
+    requests: watch::Sender<u64>,
 }
 
 impl Driver {
+    fn count_request(&self) {
+        self.requests.send_modify(|n| *n += 1);
+    }
+
     /// One request, retried while the service is down or answering 5xx (it is being killed).
     async fn call(
         &self,
@@ -431,6 +440,7 @@ impl Driver {
             &format!("{method} {url} to be answered"),
             Duration::from_secs(120),
             || async {
+                self.count_request();
                 let mut req = self
                     .http
                     .request(method.clone(), url)
@@ -456,6 +466,7 @@ impl Driver {
     }
 
     async fn get(&self, url: &str) -> Option<Value> {
+        self.count_request();
         let resp = self
             .http
             .get(url)
@@ -552,22 +563,37 @@ impl Driver {
     }
 }
 
-/// The chaos task: until `done`, SIGKILL a random service, restart it a moment later; restart
-/// nats-server once. Returns how many kills it made and whether the broker was restarted.
+/// Until `requests` (the driver's request count) has grown by `more`; false if `done` fired
+/// first.
+async fn after_requests(
+    requests: &mut watch::Receiver<u64>,
+    more: u64,
+    done: &tokio_util::sync::CancellationToken,
+) -> bool {
+    let target = *requests.borrow() + more;
+    tokio::select! {
+        () = done.cancelled() => false,
+        seen = requests.wait_for(|n| *n >= target) => seen.is_ok(),
+    }
+}
+
+/// The chaos task: until `done`, SIGKILL a random service and restart it a little later;
+/// restart nats-server once. Its schedule runs on the driver's requests, not on time: the next
+/// kill comes after a few more requests, and its victim stays down while the driver sends a
+/// few more (which retry against it or wait on what it does). Returns how many kills it made
+/// and whether the broker was restarted.
 async fn chaos(
     cluster: Arc<Mutex<Cluster>>,
     seed: u64,
+    mut requests: watch::Receiver<u64>,
     done: tokio_util::sync::CancellationToken,
 ) -> (usize, bool) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let mut kills = 0;
     let mut nats_restarted = false;
     while !done.is_cancelled() {
-        // The fault schedule itself: when the next kill comes and how long its victim stays down.
-        let pause = Duration::from_millis(rng.gen_range(200..1200));
-        tokio::select! {
-            () = done.cancelled() => break,
-            () = tokio::time::sleep(pause) => {}
+        if !after_requests(&mut requests, rng.gen_range(20..80), &done).await {
+            break;
         }
         let mut c = cluster.lock().await;
         if !nats_restarted && kills >= 3 {
@@ -577,11 +603,12 @@ async fn chaos(
         }
         let victims = c.all().len();
         let victim = rng.gen_range(0..victims);
-        let down_for = Duration::from_millis(rng.gen_range(100..800));
+        let down_for = rng.gen_range(10..40);
         c.all()[victim].kill();
         kills += 1;
         drop(c);
-        tokio::time::sleep(down_for).await;
+        // Restarted also when the run ends first.
+        after_requests(&mut requests, down_for, &done).await;
         cluster.lock().await.all()[victim].start();
     }
     (kills, nats_restarted)
