@@ -1,8 +1,6 @@
 //! The live projection: the durable `bookinglist` consumer folds every event into its booking's
 //! row, inside the transaction in which the platform records the message as processed.
 
-use std::collections::HashSet;
-
 use platform::{
     consumer::{HandleError, Handler, Incoming},
     db::Tx,
@@ -21,12 +19,10 @@ impl Handler for Projector {
     /// whole batch, instead of all three per event.
     async fn handle_batch(&self, tx: &mut Tx, msgs: &[&Incoming]) -> Result<(), HandleError> {
         let mut events = Vec::with_capacity(msgs.len());
-        let mut bookings = HashSet::new();
         for msg in msgs {
             let env = &msg.envelope;
             if projection::is_event(&env.body) {
                 events.push(env);
-                bookings.insert(env.booking_id);
             } else {
                 tracing::warn!(
                     kind = env.body.type_name(),
@@ -39,7 +35,7 @@ impl Handler for Projector {
         if events.is_empty() {
             return Ok(());
         }
-        let count = i64::try_from(bookings.len()).unwrap_or(i64::MAX);
+        let count = i64::try_from(store::distinct_bookings(&events).len()).unwrap_or(i64::MAX);
         let claim = store::claim(tx, count).await?;
         for table in claim.tables() {
             store::project_all(tx, table, &events, claim.seq - count + 1).await?;

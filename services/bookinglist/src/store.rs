@@ -259,12 +259,7 @@ pub async fn project_all(
     events: &[&Envelope],
     first_seq: i64,
 ) -> Result<usize, sqlx::Error> {
-    let mut bookings: Vec<Uuid> = Vec::new();
-    for env in events {
-        if !bookings.contains(&env.booking_id) {
-            bookings.push(env.booking_id);
-        }
-    }
+    let bookings = distinct_bookings(events);
     let mut old = get_many(tx, table, &bookings).await?;
     let mut changed = 0;
     for (seq, booking) in (first_seq..).zip(&bookings) {
@@ -286,6 +281,18 @@ pub async fn project_all(
         }
     }
     Ok(changed)
+}
+
+/// The bookings `events` are about, each once, in order of first appearance: the rows
+/// [`project_all`] may change, one change number each.
+pub fn distinct_bookings(events: &[&Envelope]) -> Vec<Uuid> {
+    let mut bookings: Vec<Uuid> = Vec::with_capacity(events.len());
+    for env in events {
+        if !bookings.contains(&env.booking_id) {
+            bookings.push(env.booking_id);
+        }
+    }
+    bookings
 }
 
 /// The rows of `bookings` that exist, by booking id.

@@ -73,11 +73,8 @@ fn event(booking: Uuid, version: u64, body: Body) -> Envelope {
 
 /// Applies events as the live consumer does with a batch: one claim for the distinct bookings.
 async fn live_batch(db: &Db, events: &[Envelope]) {
-    let mut bookings: Vec<Uuid> = events.iter().map(|e| e.booking_id).collect();
-    bookings.sort();
-    bookings.dedup();
-    let count = bookings.len() as i64;
     let events: Vec<&Envelope> = events.iter().collect();
+    let count = store::distinct_bookings(&events).len() as i64;
     let mut tx = db.begin().await.unwrap();
     let claim = store::claim(&mut tx, count).await.unwrap();
     for table in claim.tables() {
