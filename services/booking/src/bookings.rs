@@ -89,9 +89,14 @@ async fn create_once(
             return replay(existing, req);
         }
     }
-    // No look-ups before the insert: the room's foreign key and the overlap guard refuse a
-    // booking for an unknown room or a taken slot, and the happy path holds the write lock for
-    // fewer statements.
+    if store::get_room(&mut *tx, req.room_id).await?.is_none() {
+        return Err(BookingError::UnknownRoom(req.room_id));
+    }
+    // Most losers of a race for a slot stop here; inserting first would send them all into the
+    // overlap guard, which on PostgreSQL aborts racing inserts as deadlocks.
+    if let Some(other) = store::find_overlap(&mut *tx, req.room_id, &req.slot).await? {
+        return Err(overlap(&other));
+    }
     let now = platform::time::now();
     let booking = Booking {
         id: Uuid::now_v7(),
@@ -111,9 +116,6 @@ async fn create_once(
     let inserted = store::insert_booking(&mut *tx, &booking, req.idempotency_key.as_deref()).await;
     match inserted {
         Ok(()) => {}
-        Err(e) if db::is_foreign_key_violation(&e) => {
-            return Err(BookingError::UnknownRoom(req.room_id));
-        }
         // The database's own guard (trigger / exclusion constraint) caught an overlap.
         Err(e) if db::error_mentions(&e, "booking_overlap") => {
             drop(tx);

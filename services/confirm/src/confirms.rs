@@ -427,13 +427,48 @@ pub async fn decide(
     if decision == ConfirmStatus::Booked {
         return Err(DecisionError::NotADecision);
     }
+    // On PostgreSQL the confirm may change between this decision's read and its write (a
+    // DeleteConfirm closing it); the decision is then judged again against what it became.
+    let mut attempt = 1;
+    loop {
+        let decided = decide_once(
+            db,
+            outbox,
+            clock,
+            id,
+            decision,
+            admin,
+            reason.clone(),
+            trace,
+        )
+        .await?;
+        match decided {
+            Some(c) => return Ok(c),
+            None if attempt < 5 => attempt += 1,
+            None => return Err(sqlx::Error::RowNotFound.into()),
+        }
+    }
+}
+
+/// One try of [`decide`]; None when the confirm changed after it was read.
+#[allow(clippy::too_many_arguments)]
+async fn decide_once(
+    db: &Db,
+    outbox: &OutboxSignal,
+    clock: &dyn Clock,
+    id: Uuid,
+    decision: ConfirmStatus,
+    admin: &str,
+    reason: Option<String>,
+    trace: &TraceParent,
+) -> Result<Option<Confirm>, DecisionError> {
     let mut tx = db.begin().await?;
     let mut c = get(&mut *tx, id)
         .await?
         .filter(|c| c.room_id.is_some())
         .ok_or(DecisionError::NotFound(id))?;
     if c.status == decision {
-        return Ok(c);
+        return Ok(Some(c));
     }
     if c.closed && c.close_reason.as_deref() == Some("EXPIRED") {
         return Err(DecisionError::Expired(id));
@@ -459,7 +494,7 @@ pub async fn decide(
     c.reason = reason.clone();
     c.version += 1;
     if !update(&mut tx, &c, read_version).await? {
-        return Err(sqlx::Error::RowNotFound.into());
+        return Ok(None);
     }
     let decided = ConfirmDecided {
         confirm_id: c.id,
@@ -473,5 +508,5 @@ pub async fn decide(
     emit(&mut tx, &c, body, trace).await?;
     tx.commit().await?;
     outbox.notify();
-    Ok(c)
+    Ok(Some(c))
 }

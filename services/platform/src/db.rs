@@ -246,17 +246,6 @@ pub fn is_conflict(e: &sqlx::Error) -> bool {
     }
 }
 
-/// True when the error is a foreign-key violation (the row names a parent that does not exist).
-pub fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(db) => {
-            matches!(db.code().as_deref(), Some("23503" | "787"))
-                || db.message().contains("FOREIGN KEY constraint failed")
-        }
-        _ => false,
-    }
-}
-
 /// True when the database gave up on the transaction for reasons a retry can overcome: a
 /// deadlock, a serialization failure, or (SQLite) a lock it could not get in time.
 pub fn is_transient(e: &sqlx::Error) -> bool {
