@@ -269,7 +269,7 @@ async fn admin_step(
         .saga
         .booking_id;
     let mut tx = state.db.begin().await?;
-    let stored = store::load(&mut *tx, booking_id)
+    let stored = store::load(&mut tx, booking_id)
         .await?
         .ok_or_else(not_found)?;
     let transition =

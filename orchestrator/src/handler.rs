@@ -28,7 +28,7 @@ pub struct SagaHandler {
 
 impl Handler for SagaHandler {
     async fn handle(&self, tx: &mut Tx, msg: &Incoming) -> Result<(), HandleError> {
-        let stored = store::load(&mut **tx, msg.envelope.booking_id).await?;
+        let stored = store::load(&mut *tx, msg.envelope.booking_id).await?;
         self.apply(tx, msg, stored).await
     }
 
@@ -45,7 +45,7 @@ impl Handler for SagaHandler {
             let stored = if seen.insert(booking) {
                 loaded.remove(&booking)
             } else {
-                store::load(&mut **tx, booking).await?
+                store::load(&mut *tx, booking).await?
             };
             self.apply(tx, msg, stored).instrument(msg.span()).await?;
         }

@@ -122,7 +122,7 @@ pub async fn load_many(
         query = query.bind(booking_ids[i.min(booking_ids.len() - 1)].to_string());
     }
     query
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *tx)
         .await?
         .iter()
         .map(|r| from_row(r).map(|s| (s.saga.booking_id, s)))
@@ -186,7 +186,7 @@ pub async fn save(
             .bind(i64::from(saga.attempts))
             .bind(next_retry_at.map(to_millis))
             .bind(i64::from(saga.stuck))
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?
         }
         Some(revision) => {
@@ -213,7 +213,7 @@ pub async fn save(
             .bind(i64::from(saga.attempts))
             .bind(next_retry_at.map(to_millis))
             .bind(i64::from(saga.stuck))
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?
         }
     };
@@ -263,7 +263,7 @@ pub async fn record_steps(
             .bind(&step.state)
             .bind(&step.note);
     }
-    query.execute(&mut **tx).await?;
+    query.execute(&mut *tx).await?;
     Ok(())
 }
 

@@ -101,7 +101,7 @@ async fn fire_one(
     step: &impl Fn(&Saga) -> Option<Transition>,
 ) -> anyhow::Result<bool> {
     let mut tx = db.begin().await?;
-    let Some(stored) = store::load(&mut *tx, booking_id).await? else {
+    let Some(stored) = store::load(&mut tx, booking_id).await? else {
         return Ok(false);
     };
     let Some(transition) = step(&stored.saga) else {

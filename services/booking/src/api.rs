@@ -386,16 +386,16 @@ async fn create_room(
     let mut tx = state.db.begin().await?;
     let id = match req.id {
         Some(id) => id,
-        None => store::next_room_id(&mut *tx).await?,
+        None => store::next_room_id(&mut tx).await?,
     };
-    if store::get_room(&mut *tx, id).await?.is_some() {
+    if store::get_room(&mut tx, id).await?.is_some() {
         return Err(Problem::conflict(
             "room-exists",
             format!("room {id} already exists"),
         ));
     }
     let room = Room { id, name, capacity };
-    match store::insert_room(&mut *tx, &room).await {
+    match store::insert_room(&mut tx, &room).await {
         Ok(()) => {}
         // Another admin created the same id a moment ago.
         Err(e) if platform::db::is_conflict(&e) => {

@@ -85,16 +85,16 @@ async fn create_once(
 ) -> Result<Created, BookingError> {
     let mut tx = db.begin().await?;
     if let Some(key) = &req.idempotency_key {
-        if let Some(existing) = store::find_by_idempotency_key(&mut *tx, &req.user_id, key).await? {
+        if let Some(existing) = store::find_by_idempotency_key(&mut tx, &req.user_id, key).await? {
             return replay(existing, req);
         }
     }
-    if store::get_room(&mut *tx, req.room_id).await?.is_none() {
+    if store::get_room(&mut tx, req.room_id).await?.is_none() {
         return Err(BookingError::UnknownRoom(req.room_id));
     }
     // Most losers of a race for a slot stop here; inserting first would send them all into the
     // overlap guard, which on PostgreSQL aborts racing inserts as deadlocks.
-    if let Some(other) = store::find_overlap(&mut *tx, req.room_id, &req.slot).await? {
+    if let Some(other) = store::find_overlap(&mut tx, req.room_id, &req.slot).await? {
         return Err(overlap(&other));
     }
     let now = platform::time::now();
@@ -113,7 +113,7 @@ async fn create_once(
         created_at: now,
         updated_at: now,
     };
-    let inserted = store::insert_booking(&mut *tx, &booking, req.idempotency_key.as_deref()).await;
+    let inserted = store::insert_booking(&mut tx, &booking, req.idempotency_key.as_deref()).await;
     match inserted {
         Ok(()) => {}
         // The database's own guard (trigger / exclusion constraint) caught an overlap.
@@ -200,7 +200,7 @@ pub async fn cancel_by_user(
     may_access: impl FnOnce(&Booking) -> bool,
 ) -> Result<Booking, BookingError> {
     let mut tx = db.begin().await?;
-    let booking = store::get_booking(&mut *tx, id)
+    let booking = store::get_booking(&mut tx, id)
         .await?
         .filter(may_access)
         .ok_or(BookingError::NotFound(id))?;
@@ -230,7 +230,7 @@ async fn apply_cancel(
     booking.cancel_detail = detail.clone();
     booking.version += 1;
     booking.updated_at = platform::time::now();
-    if !store::update_status(&mut **tx, &booking, read_version).await? {
+    if !store::update_status(&mut *tx, &booking, read_version).await? {
         // Only possible on PostgreSQL with a concurrent writer; the caller's transaction is
         // abandoned and the operation retried (message) or reported (HTTP).
         return Err(sqlx::Error::RowNotFound.into());
@@ -252,7 +252,7 @@ pub async fn on_confirm_command(
     id: Uuid,
     trace: &TraceParent,
 ) -> Result<Option<Booking>, BookingError> {
-    let mut booking = store::get_booking(&mut **tx, id)
+    let mut booking = store::get_booking(&mut *tx, id)
         .await?
         .ok_or(BookingError::NotFound(id))?;
     if booking.status != BookingStatus::Booked {
@@ -268,7 +268,7 @@ pub async fn on_confirm_command(
     booking.status = BookingStatus::Confirmed;
     booking.version += 1;
     booking.updated_at = platform::time::now();
-    if !store::update_status(&mut **tx, &booking, read_version).await? {
+    if !store::update_status(&mut *tx, &booking, read_version).await? {
         return Err(sqlx::Error::RowNotFound.into());
     }
     emit(
@@ -290,7 +290,7 @@ pub async fn on_cancel_command(
     detail: Option<String>,
     trace: &TraceParent,
 ) -> Result<Option<Booking>, BookingError> {
-    let booking = store::get_booking(&mut **tx, id)
+    let booking = store::get_booking(&mut *tx, id)
         .await?
         .ok_or(BookingError::NotFound(id))?;
     if booking.status == BookingStatus::Cancelled {

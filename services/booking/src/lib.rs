@@ -77,7 +77,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
 async fn seed_sample_rooms(rt: &Runtime) -> anyhow::Result<()> {
     let mut tx = rt.db.begin().await?;
-    if store::count_rooms(&mut *tx).await? == 0 {
+    if store::count_rooms(&mut tx).await? == 0 {
         for (id, name, capacity) in [
             (101, "Everest", 8),
             (102, "Kilimanjaro", 4),
@@ -85,7 +85,7 @@ async fn seed_sample_rooms(rt: &Runtime) -> anyhow::Result<()> {
             (201, "Fuji", 20),
         ] {
             store::insert_room_if_absent(
-                &mut *tx,
+                &mut tx,
                 &Room {
                     id,
                     name: name.into(),

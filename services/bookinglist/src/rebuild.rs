@@ -135,7 +135,7 @@ pub async fn begin(db: &Db) -> Result<(Rebuild, RebuildStatus), BeginError> {
     let row = sqlx::query(&format!(
         "SELECT {STATUS_COLUMNS} FROM booking_list_meta WHERE id = 1"
     ))
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut tx)
     .await?;
     let (current, heartbeat) = status_from_row(&row)?;
     let now = now_millis();
@@ -161,12 +161,12 @@ pub async fn begin(db: &Db) -> Result<(Rebuild, RebuildStatus), BeginError> {
     .bind(shadow.name())
     .bind(id.clone())
     .bind(now)
-    .execute(&mut *tx)
+    .execute(&mut tx)
     .await?;
     let row = sqlx::query(&format!(
         "SELECT {STATUS_COLUMNS} FROM booking_list_meta WHERE id = 1"
     ))
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut tx)
     .await?;
     let (started, _) = status_from_row(&row)?;
     tx.commit().await?;
@@ -195,7 +195,7 @@ pub async fn apply_batch(
     .bind(now_millis())
     .bind(replayed_sequence.map(|s| i64::try_from(s).unwrap_or(i64::MAX)))
     .bind(rebuild.id.clone())
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut tx)
     .await?;
     let Some(claimed) = claimed else {
         bail!("rebuild {} is no longer the current one", rebuild.id);
@@ -220,7 +220,7 @@ pub async fn swap(db: &Db, rebuild: &Rebuild) -> anyhow::Result<()> {
     .bind(now_millis())
     .bind(rebuild.id.clone())
     .bind(rebuild.shadow.name())
-    .execute(&mut *tx)
+    .execute(&mut tx)
     .await?;
     if done.rows_affected() != 1 {
         bail!("rebuild {} is no longer the current one", rebuild.id);
@@ -241,7 +241,7 @@ pub async fn fail(db: &Db, rebuild: &Rebuild, error: &str) -> Result<(), sqlx::E
     .bind(error)
     .bind(now_millis())
     .bind(rebuild.id.clone())
-    .execute(&mut *tx)
+    .execute(&mut tx)
     .await?;
     tx.commit().await
 }
@@ -295,13 +295,15 @@ pub async fn replay_and_swap(
         .state
         .clone();
     let target = state.last_sequence;
+    let mut tx = db.begin().await?;
     sqlx::query(
         "UPDATE booking_list_meta SET rebuild_target_seq = $1 WHERE id = 1 AND rebuild_id = $2",
     )
     .bind(i64::try_from(target).unwrap_or(i64::MAX))
     .bind(rebuild.id.clone())
-    .execute(&db.pool)
+    .execute(&mut tx)
     .await?;
+    tx.commit().await?;
     if state.messages > 0 {
         let consumer = stream
             .create_consumer(jetstream::consumer::pull::OrderedConfig {

@@ -85,7 +85,7 @@ pub async fn claim(tx: &mut Tx, count: i64) -> Result<Claim, sqlx::Error> {
          RETURNING change_seq, active_table, shadow_table",
     )
     .bind(count)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *tx)
     .await?;
     Ok(Claim {
         seq: row.try_get("change_seq")?,
@@ -276,7 +276,7 @@ pub async fn project_all(
             None => new == BookingRow::empty(*booking),
         };
         if !unchanged {
-            save(&mut **tx, table, &new, seq).await?;
+            save(&mut *tx, table, &new, seq).await?;
             changed += 1;
         }
     }
@@ -297,7 +297,7 @@ pub fn distinct_bookings(events: &[&Envelope]) -> Vec<Uuid> {
 
 /// The rows of `bookings` that exist, by booking id.
 async fn get_many(
-    tx: &mut sqlx::AnyConnection,
+    tx: &mut Tx,
     table: ViewTable,
     bookings: &[Uuid],
 ) -> Result<HashMap<Uuid, BookingRow>, sqlx::Error> {
@@ -467,7 +467,7 @@ pub async fn last_change<'c, E: Executor<'c, Database = Any>>(db: E) -> Result<i
 /// Deletes every row of `table` (the shadow, before a rebuild fills it).
 pub async fn clear(tx: &mut Tx, table: ViewTable) -> Result<(), sqlx::Error> {
     sqlx::query(&format!("DELETE FROM {}", table.name()))
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     Ok(())
 }

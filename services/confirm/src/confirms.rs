@@ -201,7 +201,7 @@ async fn insert(tx: &mut Tx, c: &Confirm, requested: bool) -> Result<(), sqlx::E
     .bind(to_millis(c.created_at))
     .bind(c.approval_deadline.map(to_millis))
     .bind(now_millis())
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
@@ -223,7 +223,7 @@ async fn update(tx: &mut Tx, c: &Confirm, read_version: i64) -> Result<bool, sql
     .bind(now_millis())
     .bind(c.id.to_string())
     .bind(read_version)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -251,7 +251,7 @@ pub async fn on_request(
     req: &RequestConfirm,
     trace: &TraceParent,
 ) -> Result<(), sqlx::Error> {
-    if let Some(existing) = get_by_booking(&mut **tx, booking_id).await? {
+    if let Some(existing) = get_by_booking(&mut *tx, booking_id).await? {
         tracing::info!(
             closed = existing.closed,
             "RequestConfirm changes nothing: the confirm exists"
@@ -301,7 +301,7 @@ pub async fn on_delete(
     reason: &str,
     trace: &TraceParent,
 ) -> Result<(), sqlx::Error> {
-    let c = match get_by_booking(&mut **tx, booking_id).await? {
+    let c = match get_by_booking(&mut *tx, booking_id).await? {
         Some(c) => c,
         None => insert_tombstone(tx, booking_id, saga_id, reason).await?,
     };
@@ -326,7 +326,7 @@ pub async fn on_expire(
     trace: &TraceParent,
 ) -> Result<(), sqlx::Error> {
     const EXPIRED: &str = "EXPIRED";
-    let c = match get_by_booking(&mut **tx, booking_id).await? {
+    let c = match get_by_booking(&mut *tx, booking_id).await? {
         Some(c) if c.status != ConfirmStatus::Booked || c.closed => {
             tracing::info!(
                 status = c.status.as_str(),
@@ -463,7 +463,7 @@ async fn decide_once(
     trace: &TraceParent,
 ) -> Result<Option<Confirm>, DecisionError> {
     let mut tx = db.begin().await?;
-    let mut c = get(&mut *tx, id)
+    let mut c = get(&mut tx, id)
         .await?
         .filter(|c| c.room_id.is_some())
         .ok_or(DecisionError::NotFound(id))?;

@@ -83,7 +83,7 @@ impl NotificationHandler {
                     start: b.use_start_dtm,
                     end: b.use_end_dtm,
                 };
-                store::record_created(&mut **tx, env.booking_id, &facts, now).await?;
+                store::record_created(&mut *tx, env.booking_id, &facts, now).await?;
                 self.to_booker(tx, env, Kind::Booked, None, now, out)
                     .await?;
             }

@@ -87,7 +87,7 @@ pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<
         }),
     );
     rt.spawn_task(sender::run(
-        rt.db.pool.clone(),
+        rt.db.clone(),
         transport,
         settings,
         rt.cancel.clone(),

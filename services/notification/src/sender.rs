@@ -20,7 +20,7 @@ use lettre::{
     },
     AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor,
 };
-use sqlx::AnyPool;
+use platform::db::Db;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
@@ -183,14 +183,14 @@ pub fn backoff(attempts: i64, base: Duration, max: Duration) -> Duration {
 
 /// Runs until `cancel` fires; the sends in hand are finished first.
 pub async fn run(
-    pool: AnyPool,
+    db: Db,
     transport: Arc<Transport>,
     settings: Arc<Settings>,
     cancel: CancellationToken,
 ) {
     let mut failures = 0u32;
     loop {
-        let busy = match round(&pool, &transport, &settings).await {
+        let busy = match round(&db, &transport, &settings).await {
             Ok(busy) => {
                 failures = 0;
                 busy
@@ -216,13 +216,14 @@ pub async fn run(
 }
 
 /// One round; true when there may be more work right away.
-async fn round(pool: &AnyPool, transport: &Transport, settings: &Settings) -> anyhow::Result<bool> {
-    let resolved = resolve_waiting(pool, settings).await?;
+async fn round(db: &Db, transport: &Transport, settings: &Settings) -> anyhow::Result<bool> {
+    let resolved = resolve_waiting(db, settings).await?;
     let now = settings.clock.now();
     let grace = chrono::Duration::from_std(settings.delivery.unknown_booking_grace)
         .unwrap_or(chrono::Duration::MAX);
+    let mut tx = db.begin().await?;
     let failed = store::fail_stale_waiting(
-        pool,
+        &mut tx,
         now - grace,
         &format!(
             "unknown booking: no BookingCreated event for it arrived within {} s, so the \
@@ -233,18 +234,19 @@ async fn round(pool: &AnyPool, transport: &Transport, settings: &Settings) -> an
     )
     .await
     .context("failing stale waiting records")?;
+    tx.commit().await?;
     if failed > 0 {
         tracing::warn!(
             count = failed,
             "notifications for unknown bookings marked FAILED"
         );
     }
-    let due = store::due(pool, now, BATCH)
+    let due = store::due(&db.pool, now, BATCH)
         .await
         .context("loading due notifications")?;
     let count = due.len();
     if count > 0 {
-        let claimed = claim(pool, settings, due).await?;
+        let claimed = claim(db, settings, due).await?;
         let outcomes: Vec<(Notification, Outcome)> = futures::stream::iter(claimed)
             .map(|n| async move {
                 let outcome = attempt(transport, settings, &n).await;
@@ -253,26 +255,29 @@ async fn round(pool: &AnyPool, transport: &Transport, settings: &Settings) -> an
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        record(pool, settings, &outcomes)
+        record(db, settings, &outcomes)
             .await
             .context("recording delivery outcomes")?;
     }
     Ok(count as i64 == BATCH || resolved as i64 == RESOLVE_BATCH)
 }
 
-async fn resolve_waiting(pool: &AnyPool, settings: &Settings) -> anyhow::Result<usize> {
-    let waiting = store::resolvable_waiting(pool, RESOLVE_BATCH)
+async fn resolve_waiting(db: &Db, settings: &Settings) -> anyhow::Result<usize> {
+    let waiting = store::resolvable_waiting(&db.pool, RESOLVE_BATCH)
         .await
         .context("loading waiting notifications")?;
     let count = waiting.len();
     for mut n in waiting {
-        let Some(facts) = store::booking_facts(pool, n.booking_id).await? else {
+        let Some(facts) = store::booking_facts(&db.pool, n.booking_id).await? else {
             continue;
         };
         handler::describe(&mut n, &facts, settings);
         handler::address_booker(&mut n, &facts);
         n.updated_at = settings.clock.now();
-        if store::resolve(pool, &n).await? {
+        let mut tx = db.begin().await?;
+        let resolved = store::resolve(&mut tx, &n).await?;
+        tx.commit().await?;
+        if resolved {
             tracing::debug!(id = %n.id, status = n.status.as_str(), "waiting notification resolved");
         }
     }
@@ -282,16 +287,18 @@ async fn resolve_waiting(pool: &AnyPool, settings: &Settings) -> anyhow::Result<
 /// Takes the due records for one attempt each, in one statement; returns those this sender
 /// got (another replica may have taken some first).
 async fn claim(
-    pool: &AnyPool,
+    db: &Db,
     settings: &Settings,
     due: Vec<Notification>,
 ) -> anyhow::Result<Vec<Notification>> {
     let now = settings.clock.now();
     let lease =
         chrono::Duration::from_std(settings.delivery.claim_lease).unwrap_or(chrono::Duration::MAX);
-    let taken = store::claim_all(pool, &due, now + lease, now)
+    let mut tx = db.begin().await?;
+    let taken = store::claim_all(&mut tx, &due, now + lease, now)
         .await
         .context("claiming due notifications")?;
+    tx.commit().await?;
     Ok(due.into_iter().filter(|n| taken.contains(&n.id)).collect())
 }
 
@@ -345,24 +352,24 @@ async fn attempt(transport: &Transport, settings: &Settings, n: &Notification) -
 /// Writes a round's outcomes in one transaction. Should it fail, the claims' leases expire and
 /// the records are attempted again (a mail resent keeps its `Message-ID`).
 async fn record(
-    pool: &AnyPool,
+    db: &Db,
     settings: &Settings,
     outcomes: &[(Notification, Outcome)],
 ) -> Result<(), sqlx::Error> {
     let now = settings.clock.now();
-    let mut tx = pool.begin().await?;
+    let mut tx = db.begin().await?;
     let sent: Vec<Uuid> = outcomes
         .iter()
         .filter(|(_, o)| matches!(o, Outcome::Sent))
         .map(|(n, _)| n.id)
         .collect();
-    store::mark_all_sent(&mut *tx, &sent, now).await?;
+    store::mark_all_sent(&mut tx, &sent, now).await?;
     for (n, outcome) in outcomes {
         match outcome {
             Outcome::Sent => {}
-            Outcome::Failed(reason) => store::mark_failed(&mut *tx, n.id, reason, now).await?,
+            Outcome::Failed(reason) => store::mark_failed(&mut tx, n.id, reason, now).await?,
             Outcome::RetryAt(at, reason) => {
-                store::reschedule(&mut *tx, n.id, *at, reason, now).await?;
+                store::reschedule(&mut tx, n.id, *at, reason, now).await?;
             }
         }
     }

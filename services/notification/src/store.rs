@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use platform::{
     contract::RoomId,
+    db::Tx,
     time::{from_millis, to_millis},
 };
 use sqlx::{any::AnyRow, Any, AnyPool, Executor, Row as _};
@@ -84,10 +85,7 @@ pub type NewRecord = (Notification, String);
 /// Records deliveries, skipping any (event, recipient) recorded before, in a few statements:
 /// chunks of power-of-two sizes (at most [`INSERT_CHUNK`]), so each connection caches a
 /// handful of statement shapes.
-pub async fn insert_all(
-    tx: &mut sqlx::AnyConnection,
-    records: &[NewRecord],
-) -> Result<(), sqlx::Error> {
+pub async fn insert_all(tx: &mut Tx, records: &[NewRecord]) -> Result<(), sqlx::Error> {
     let mut rest = records;
     while !rest.is_empty() {
         let size = INSERT_CHUNK.min(1 << rest.len().ilog2());
@@ -101,10 +99,7 @@ pub async fn insert_all(
 /// Most records in one insert (26 parameters each).
 pub const INSERT_CHUNK: usize = 32;
 
-async fn insert_chunk(
-    tx: &mut sqlx::AnyConnection,
-    chunk: &[NewRecord],
-) -> Result<(), sqlx::Error> {
+async fn insert_chunk(tx: &mut Tx, chunk: &[NewRecord]) -> Result<(), sqlx::Error> {
     let width = COLUMNS.split(',').count();
     let rows = platform::db::param_groups(chunk.len(), width, 1, ", ", |p| format!("({p})"));
     let sql = format!(
@@ -189,7 +184,7 @@ const FACT_COLUMNS: &str =
 /// booking's row if this is its first event) and reads its facts, in one statement when the
 /// event is the newest so far; a superseded event costs one more read.
 pub async fn advance_booking_version(
-    tx: &mut platform::db::Tx,
+    tx: &mut Tx,
     booking: Uuid,
     version: i64,
     now: DateTime<Utc>,
@@ -204,7 +199,7 @@ pub async fn advance_booking_version(
     .bind(booking.to_string())
     .bind(version)
     .bind(to_millis(now))
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await?;
     if let Some(row) = moved {
         return Ok(Advance {
@@ -217,7 +212,7 @@ pub async fn advance_booking_version(
          WHERE booking_id = $1"
     ))
     .bind(booking.to_string())
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *tx)
     .await?;
     Ok(Advance {
         superseded_by: Some(row.try_get("last_booking_version")?),
@@ -282,7 +277,7 @@ pub async fn resolvable_waiting(
 }
 
 /// Fills in a WAITING row once its booking is known (if it is still WAITING).
-pub async fn resolve(pool: &AnyPool, n: &Notification) -> Result<bool, sqlx::Error> {
+pub async fn resolve(tx: &mut Tx, n: &Notification) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE notifications SET status = $2, recipient = $3, booking_user_id = $4, room_id = $5, \
          start_ms = $6, end_ms = $7, subject = $8, last_error = $9, next_attempt_at = $10, \
@@ -298,14 +293,14 @@ pub async fn resolve(pool: &AnyPool, n: &Notification) -> Result<bool, sqlx::Err
     .bind(&n.subject)
     .bind(&n.last_error)
     .bind(to_millis(n.updated_at))
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// Fails WAITING rows recorded before `before`: their booking never became known.
 pub async fn fail_stale_waiting(
-    pool: &AnyPool,
+    tx: &mut Tx,
     before: DateTime<Utc>,
     reason: &str,
     now: DateTime<Utc>,
@@ -317,7 +312,7 @@ pub async fn fail_stale_waiting(
     .bind(reason)
     .bind(to_millis(now))
     .bind(to_millis(before))
-    .execute(pool)
+    .execute(&mut *tx)
     .await?
     .rows_affected())
 }
@@ -542,9 +537,10 @@ mod tests {
                 (n, key.clone())
             })
             .collect();
-        let mut conn = db.pool.acquire().await.unwrap();
-        insert_all(&mut conn, &earlier).await.unwrap();
-        insert_all(&mut conn, &records).await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        insert_all(&mut tx, &earlier).await.unwrap();
+        insert_all(&mut tx, &records).await.unwrap();
+        tx.commit().await.unwrap();
 
         let json = |n: &Notification| serde_json::to_value(n).unwrap();
         for (n, _) in &records[..2] {

@@ -5,21 +5,29 @@
 //! as epoch milliseconds. Each backend has its own migrations, because what the databases can
 //! enforce differs (e.g. an exclusion constraint on PostgreSQL, a trigger on SQLite).
 
-use std::{collections::HashSet, str::FromStr, sync::Once, time::Duration};
+use std::{collections::HashSet, fmt, str::FromStr, sync::Arc, sync::Once, time::Duration};
 
 use anyhow::Context as _;
+use futures::{future::BoxFuture, stream::BoxStream, FutureExt as _, StreamExt as _};
 use sqlx::{
-    any::{AnyConnectOptions, AnyPoolOptions},
+    any::{AnyConnectOptions, AnyPoolOptions, AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo},
     migrate::Migrator,
-    Any, AnyPool, Executor as _,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
+    Any, AnyPool, Either, Execute, Executor,
 };
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
-pub type Tx = sqlx::Transaction<'static, Any>;
+use crate::sqlite_writer::SqliteWriter;
+
+/// How long a writer waits for its turn (and for a lock another process holds) before giving
+/// up.
+const WRITE_WAIT: Duration = Duration::from_secs(10);
 
 /// Connections each service process keeps to PostgreSQL (the deployment's `max_connections`
 /// budget counts on it).
 pub const POSTGRES_POOL_SIZE: u32 = 10;
-/// Connections to a SQLite file: readers run beside the one writer (WAL).
+/// Connections to a SQLite file for reading (WAL lets them run beside the writer), besides
+/// the one write connection.
 pub const SQLITE_POOL_SIZE: u32 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +54,8 @@ pub struct Migrations {
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// SQLite: the one connection that writes, taken in turn by write transactions.
+    writer: Option<Arc<Mutex<SqliteWriter>>>,
 }
 
 impl Db {
@@ -111,7 +121,28 @@ impl Db {
         }
         .context("connecting to the database")?;
 
-        Ok(Db { pool, backend })
+        let writer = match backend {
+            Backend::Sqlite => {
+                let options = SqliteConnectOptions::from_str(&url)
+                    .context("parsing DATABASE_URL")?
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    // Statements run on the async runtime's thread: SQLite must never sleep in
+                    // its busy handler there. `begin` waits for another process's lock instead.
+                    .busy_timeout(Duration::ZERO)
+                    .foreign_keys(true);
+                let writer = SqliteWriter::open(&options)
+                    .await
+                    .context("opening the database's write connection")?;
+                Some(Arc::new(Mutex::new(writer)))
+            }
+            Backend::Postgres => None,
+        };
+        Ok(Db {
+            pool,
+            backend,
+            writer,
+        })
     }
 
     /// Runs the messaging migrations and the service's own.
@@ -134,13 +165,34 @@ impl Db {
         Ok(())
     }
 
-    /// Begins a transaction that will write. On SQLite it takes the write lock up front
-    /// (`BEGIN IMMEDIATE`), so a read-then-write inside it can never be interleaved with another
-    /// writer; PostgreSQL relies on its constraints and row locks.
+    /// Begins a transaction that will write. On SQLite it runs on the process's write
+    /// connection, which it holds until it ends: writers queue for it first come first served
+    /// and go the moment the one before ends (rather than sleeping in SQLite's busy handler),
+    /// and `BEGIN IMMEDIATE` takes the file's write lock up front, so a read-then-write inside it
+    /// can never be interleaved with another writer. PostgreSQL relies on its constraints and
+    /// row locks.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
+        match &self.writer {
+            Some(writer) => {
+                let deadline = tokio::time::Instant::now() + WRITE_WAIT;
+                let mut writer = tokio::time::timeout_at(deadline, Arc::clone(writer).lock_owned())
+                    .await
+                    .map_err(|_| sqlx::Error::PoolTimedOut)?;
+                // Only another process (a tool on the same file) can hold the lock now.
+                let mut pause = Duration::from_millis(1);
+                loop {
+                    match writer.exec("BEGIN IMMEDIATE") {
+                        Ok(()) => break,
+                        Err(e) if is_transient(&e) && tokio::time::Instant::now() < deadline => {
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_millis(50));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(Tx(TxInner::Sqlite(SqliteTx(writer))))
+            }
+            None => Ok(Tx(TxInner::Postgres(self.pool.begin().await?))),
         }
     }
 
@@ -148,6 +200,139 @@ impl Db {
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
+}
+
+/// A write transaction (see [`Db::begin`]). Statements run on it as on a pool
+/// (`query.execute(&mut tx)`); dropped without [`Tx::commit`], it rolls back.
+pub struct Tx(TxInner);
+
+enum TxInner {
+    Sqlite(SqliteTx),
+    Postgres(sqlx::Transaction<'static, Any>),
+}
+
+/// A transaction open on the SQLite writer; rolls back if dropped before it ends.
+struct SqliteTx(OwnedMutexGuard<SqliteWriter>);
+
+impl Drop for SqliteTx {
+    fn drop(&mut self) {
+        if self.0.in_transaction() {
+            if let Err(e) = self.0.exec("ROLLBACK") {
+                tracing::warn!(error = %e, "rolling back an abandoned transaction failed");
+            }
+        }
+    }
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self.0 {
+            TxInner::Sqlite(mut tx) => tx.0.exec("COMMIT"),
+            TxInner::Postgres(tx) => tx.commit().await,
+        }
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self.0 {
+            TxInner::Sqlite(mut tx) => tx.0.exec("ROLLBACK"),
+            TxInner::Postgres(tx) => tx.rollback().await,
+        }
+    }
+}
+
+impl fmt::Debug for Tx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            TxInner::Sqlite(_) => "Tx(SQLite)",
+            TxInner::Postgres(_) => "Tx(PostgreSQL)",
+        })
+    }
+}
+
+impl<'c> Executor<'c> for &'c mut Tx {
+    type Database = Any;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        mut query: E,
+    ) -> BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Any>,
+    {
+        match &mut self.0 {
+            TxInner::Postgres(tx) => (&mut *tx).fetch_many(query),
+            TxInner::Sqlite(tx) => {
+                let mut out = Vec::new();
+                let done = match query.take_arguments() {
+                    Ok(arguments) => tx.0.run(query.sql(), arguments, query.persistent(), |row| {
+                        out.push(Ok(Either::Right(row)));
+                        true
+                    }),
+                    Err(e) => Err(sqlx::Error::Encode(e)),
+                };
+                out.push(done.map(Either::Left));
+                futures::stream::iter(out).boxed()
+            }
+        }
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(
+        self,
+        mut query: E,
+    ) -> BoxFuture<'e, Result<Option<AnyRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Any>,
+    {
+        match &mut self.0 {
+            TxInner::Postgres(tx) => (&mut *tx).fetch_optional(query),
+            TxInner::Sqlite(tx) => {
+                let mut first = None;
+                let done = match query.take_arguments() {
+                    Ok(arguments) => tx.0.run(query.sql(), arguments, query.persistent(), |row| {
+                        first = Some(row);
+                        false
+                    }),
+                    Err(e) => Err(sqlx::Error::Encode(e)),
+                };
+                futures::future::ready(done.map(|_| first)).boxed()
+            }
+        }
+    }
+
+    fn prepare_with<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+        parameters: &'e [AnyTypeInfo],
+    ) -> BoxFuture<'e, Result<AnyStatement<'q>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        match &mut self.0 {
+            TxInner::Postgres(tx) => (&mut *tx).prepare_with(sql, parameters),
+            TxInner::Sqlite(_) => futures::future::ready(Err(unsupported("prepare"))).boxed(),
+        }
+    }
+
+    fn describe<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+    ) -> BoxFuture<'e, Result<sqlx_core::describe::Describe<Any>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        match &mut self.0 {
+            TxInner::Postgres(tx) => (&mut *tx).describe(sql),
+            TxInner::Sqlite(_) => futures::future::ready(Err(unsupported("describe"))).boxed(),
+        }
+    }
+}
+
+fn unsupported(what: &str) -> sqlx::Error {
+    sqlx::Error::Protocol(format!(
+        "{what} is not available in a SQLite write transaction; run the query directly"
+    ))
 }
 
 /// Records that `consumer` applied `message_id`, inside the handler's transaction. Returns false
@@ -164,7 +349,7 @@ pub async fn mark_processed(
     .bind(consumer)
     .bind(message_id)
     .bind(crate::time::now_millis())
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -228,7 +413,7 @@ pub async fn mark_all_processed(
     for i in 0..padded {
         query = query.bind(unique[i.min(unique.len() - 1)]);
     }
-    let mut new: HashSet<String> = query.fetch_all(&mut **tx).await?.into_iter().collect();
+    let mut new: HashSet<String> = query.fetch_all(&mut *tx).await?.into_iter().collect();
     // The first occurrence of a new id is fresh; any later one in the batch is a duplicate.
     Ok(message_ids.iter().map(|id| new.remove(id)).collect())
 }

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod runtime;
 pub mod shutdown;
+mod sqlite_writer;
 pub mod telemetry;
 pub mod time;
 pub mod topology;

@@ -97,7 +97,7 @@ pub async fn enqueue_all(
             .bind(trace.child().to_string())
             .bind(env.booking_id.to_string());
     }
-    query.execute(&mut **tx).await?;
+    query.execute(&mut *tx).await?;
     Ok(())
 }
 
@@ -114,7 +114,7 @@ pub async fn reannounce_latest(tx: &mut Tx, booking_id: uuid::Uuid) -> Result<bo
     .bind(booking_id.to_string())
     .bind(now)
     .bind(now.to_string())
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -190,14 +190,14 @@ pub async fn relay(
 /// booking's latest event. Returns how many rows went.
 pub async fn prune(db: &Db, now_millis: i64) -> Result<u64, sqlx::Error> {
     let cutoff = now_millis - i64::try_from(RETENTION.as_millis()).unwrap_or(i64::MAX);
-    let done = sqlx::query(&format!(
+    let sql = format!(
         "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1 \
          AND id NOT IN (SELECT MAX(id) FROM outbox WHERE subject LIKE '{}.%' GROUP BY booking_id)",
         topology::EVENTS_PREFIX
-    ))
-    .bind(cutoff)
-    .execute(&db.pool)
-    .await?;
+    );
+    let mut tx = db.begin().await?;
+    let done = sqlx::query(&sql).bind(cutoff).execute(&mut tx).await?;
+    tx.commit().await?;
     Ok(done.rows_affected())
 }
 
@@ -270,7 +270,9 @@ async fn relay_batch(
         for i in 0..padded {
             query = query.bind(acked[i.min(acked.len() - 1)]);
         }
-        query.execute(&db.pool).await?;
+        let mut tx = db.begin().await?;
+        query.execute(&mut tx).await?;
+        tx.commit().await?;
     }
     match first_error {
         Some(e) => Err(anyhow::Error::new(e).context("publish not acknowledged")),

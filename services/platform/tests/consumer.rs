@@ -32,7 +32,7 @@ impl Handler for Recorder {
         // Written before failing, so a rollback that did not happen would show.
         sqlx::query("INSERT INTO applied (version) VALUES ($1)")
             .bind(i64::try_from(version).unwrap())
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
         match version {
             POISON => Err(HandleError::Park("poison".into())),

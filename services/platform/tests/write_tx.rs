@@ -1,0 +1,225 @@
+//! A write transaction (`Db::begin`) reads and writes as the pool does, on SQLite (where it
+//! runs on the process's write connection, without sqlx's worker thread) and PostgreSQL:
+//! values of every kind the services bind, rows by position and by name, changes counted,
+//! errors recognisable, rollback when dropped, and writers taking turns.
+
+use roombook_platform::{
+    db::{self, Db, Migrations},
+    testkit::{TestBackend, TestDatabases},
+};
+use sqlx::Row as _;
+
+async fn open(dbs: &TestDatabases) -> Db {
+    let db = Db::connect(
+        &dbs.create("writes").await,
+        Migrations {
+            sqlite: sqlx::migrate!("tests/migrations"),
+            postgres: sqlx::migrate!("tests/migrations"),
+        },
+    )
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TABLE items (id BIGINT PRIMARY KEY, name TEXT NOT NULL UNIQUE, \
+         weight DOUBLE PRECISION, note TEXT)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    db
+}
+
+async fn reads_and_writes_like_the_pool(backend: TestBackend) {
+    let dbs = TestDatabases::new(backend);
+    let db = open(&dbs).await;
+
+    let mut tx = db.begin().await.unwrap();
+    // `$2` twice, parameters out of order, a NULL, text beyond ASCII.
+    let inserted = sqlx::query(
+        "INSERT INTO items (name, id, weight, note) VALUES ($2, $1, $3, NULL), ($2 || '-b', $1 + 1, $3 * 2, $4)",
+    )
+    .bind(7_i64)
+    .bind("Zürich ☕")
+    .bind(1.5_f64)
+    .bind("second")
+    .execute(&mut tx)
+    .await
+    .unwrap();
+    assert_eq!(inserted.rows_affected(), 2);
+
+    let rows: Vec<(i64, String, Option<f64>, Option<String>)> =
+        sqlx::query_as("SELECT id, name, weight, note FROM items ORDER BY id")
+            .fetch_all(&mut tx)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (7, "Zürich ☕".to_string(), Some(1.5), None),
+            (
+                8,
+                "Zürich ☕-b".to_string(),
+                Some(3.0),
+                Some("second".to_string())
+            ),
+        ]
+    );
+
+    // Columns by name; `fetch_optional` takes the first row.
+    let first = sqlx::query("SELECT name AS label, id FROM items ORDER BY id DESC")
+        .fetch_optional(&mut tx)
+        .await
+        .unwrap()
+        .expect("a row");
+    assert_eq!(first.get::<String, _>("label"), "Zürich ☕-b");
+    assert_eq!(first.get::<i64, _>("id"), 8);
+    assert!(sqlx::query("SELECT id FROM items WHERE id = $1")
+        .bind(99_i64)
+        .fetch_optional(&mut tx)
+        .await
+        .unwrap()
+        .is_none());
+
+    // Changes are counted; RETURNING gives rows.
+    let updated = sqlx::query("UPDATE items SET note = $1 WHERE weight > $2")
+        .bind("heavy")
+        .bind(1.0_f64)
+        .execute(&mut tx)
+        .await
+        .unwrap();
+    assert_eq!(updated.rows_affected(), 2);
+    let ids: Vec<i64> =
+        sqlx::query_scalar("UPDATE items SET weight = NULL WHERE id = $1 RETURNING id")
+            .bind(8_i64)
+            .fetch_all(&mut tx)
+            .await
+            .unwrap();
+    assert_eq!(ids, [8]);
+
+    // A constraint's refusal is recognisable, and the transaction goes on.
+    let duplicate = sqlx::query("INSERT INTO items (id, name) VALUES ($1, $2)")
+        .bind(9_i64)
+        .bind("Zürich ☕")
+        .execute(&mut tx)
+        .await
+        .unwrap_err();
+    assert!(db::is_conflict(&duplicate), "{duplicate}");
+    if backend == TestBackend::Sqlite {
+        // (PostgreSQL aborts the rest of a transaction after an error.)
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items")
+            .fetch_one(&mut tx)
+            .await
+            .unwrap();
+        assert_eq!(count, 2);
+    }
+    let missing = sqlx::query("SELECT nope FROM items")
+        .execute(&mut tx)
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, sqlx::Error::Database(_)), "{missing}");
+    drop(tx);
+
+    // Dropped without a commit: nothing was written.
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+
+    // Committed: the pool sees it.
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO items (id, name) VALUES ($1, $2)")
+        .bind(1_i64)
+        .bind("kept")
+        .execute(&mut tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let row = sqlx::query("SELECT name, weight FROM items WHERE id = 1")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(row.get::<String, _>(0), "kept");
+    assert_eq!(row.get::<Option<f64>, _>(1), None);
+}
+
+#[tokio::test]
+async fn a_write_transaction_reads_and_writes_like_the_pool_on_sqlite() {
+    reads_and_writes_like_the_pool(TestBackend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_write_transaction_reads_and_writes_like_the_pool_on_postgres() {
+    reads_and_writes_like_the_pool(TestBackend::Postgres).await;
+}
+
+#[tokio::test]
+async fn sqlite_writers_take_turns_and_the_next_goes_when_the_first_ends() {
+    let dbs = TestDatabases::new(TestBackend::Sqlite);
+    let db = open(&dbs).await;
+
+    let mut first = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO items (id, name) VALUES (1, 'first')")
+        .execute(&mut first)
+        .await
+        .unwrap();
+    let second = db.begin();
+    tokio::pin!(second);
+    assert!(
+        futures::poll!(&mut second).is_pending(),
+        "a second writer must wait for the first"
+    );
+    first.commit().await.unwrap();
+    let mut second = second.await.unwrap();
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM items")
+        .fetch_all(&mut second)
+        .await
+        .unwrap();
+    assert_eq!(names, ["first"]);
+    second.rollback().await.unwrap();
+
+    // A writer that is dropped mid-way hands its turn on, its changes undone.
+    let mut abandoned = db.begin().await.unwrap();
+    sqlx::query("DELETE FROM items")
+        .execute(&mut abandoned)
+        .await
+        .unwrap();
+    drop(abandoned);
+    let mut next = db.begin().await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM items")
+        .fetch_one(&mut next)
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn a_lock_held_by_another_connection_is_waited_for_without_blocking_the_task() {
+    use sqlx::{Connection as _, Executor as _};
+    let dbs = TestDatabases::new(TestBackend::Sqlite);
+    let url = dbs.create("writes").await;
+    let db = open(&dbs).await;
+
+    // Another process's connection (a tool on the same file) holds the write lock.
+    let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    other.execute("BEGIN IMMEDIATE").await.unwrap();
+    other
+        .execute("INSERT INTO items (id, name) VALUES (5, 'other')")
+        .await
+        .unwrap();
+
+    let begin = db.begin();
+    tokio::pin!(begin);
+    // Pending (not blocked in SQLite's busy handler, not failed) while the lock is held.
+    let polled = futures::poll!(&mut begin);
+    assert!(polled.is_pending(), "{polled:?}");
+    other.execute("COMMIT").await.unwrap();
+
+    let mut tx = begin.await.unwrap();
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM items")
+        .fetch_all(&mut tx)
+        .await
+        .unwrap();
+    assert_eq!(names, ["other"]);
+    tx.commit().await.unwrap();
+}
