@@ -166,23 +166,6 @@ pub async fn run<H: Handler>(
                     None => break,
                 }
             }
-            let linger: u64 = std::env::var("ROOMBOOK_LINGER_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if linger > 0 && !ended {
-                let deadline = tokio::time::Instant::now() + Duration::from_millis(linger);
-                while batch.len() < MAX_BATCH {
-                    match tokio::time::timeout_at(deadline, messages.next()).await {
-                        Ok(Some(Ok(msg))) => batch.push(msg),
-                        Ok(Some(Err(_))) | Err(_) => break,
-                        Ok(None) => {
-                            ended = true;
-                            break;
-                        }
-                    }
-                }
-            }
             process_batch(&db, &js, &outbox, &spec, handler.as_ref(), &mut batch).await;
             if ended {
                 break;
