@@ -84,6 +84,17 @@ impl Feed {
         Ok((feed, poller))
     }
 
+    /// The changes after `last`, read on the write connection (on SQLite, no thread hop; this
+    /// runs after every commit).
+    async fn changes_after(&self, last: i64) -> Result<Vec<(i64, BookingRow)>, sqlx::Error> {
+        let mut tx = self.db.begin().await?;
+        let table = store::active_table(&mut tx).await?;
+        let changes =
+            store::changes_since(&mut tx, table, last, &FeedFilter::default(), BATCH).await?;
+        tx.commit().await?;
+        Ok(changes)
+    }
+
     async fn poll(
         self,
         every: Duration,
@@ -106,19 +117,7 @@ impl Feed {
                 }
             }
             loop {
-                let changes = match store::active_table(&self.db.pool).await {
-                    Ok(table) => {
-                        store::changes_since(
-                            &self.db.pool,
-                            table,
-                            last,
-                            &FeedFilter::default(),
-                            BATCH,
-                        )
-                        .await
-                    }
-                    Err(e) => Err(e),
-                };
+                let changes = self.changes_after(last).await;
                 let changes = match changes {
                     Ok(c) => c,
                     Err(e) => {

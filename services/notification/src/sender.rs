@@ -20,7 +20,7 @@ use lettre::{
     },
     AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor,
 };
-use platform::db::Db;
+use platform::db::{Db, Tx};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
@@ -75,7 +75,6 @@ impl Transport {
         match self {
             Transport::Smtp(smtp) => smtp.send(message).await.map(|_| ()).map_err(classify),
             Transport::Files(dir) => write_eml(dir, n, &message.formatted())
-                .await
                 .map_err(|e| SendError::Transient(format!("{e:#}"))),
         }
     }
@@ -137,7 +136,7 @@ fn classify(e: SmtpError) -> SendError {
 
 /// Writes the mail as `{time}-{kind}-{recipient}-{id}.eml`; the name depends only on the
 /// record, so a retried write replaces the file instead of adding a second one.
-async fn write_eml(dir: &std::path::Path, n: &Notification, bytes: &[u8]) -> anyhow::Result<()> {
+fn write_eml(dir: &std::path::Path, n: &Notification, bytes: &[u8]) -> anyhow::Result<()> {
     let recipient: String = n
         .recipient
         .as_deref()
@@ -157,19 +156,14 @@ async fn write_eml(dir: &std::path::Path, n: &Notification, bytes: &[u8]) -> any
         n.kind.as_str().to_ascii_lowercase().replace('_', "-"),
         n.id
     );
-    let dir = dir.to_path_buf();
-    let bytes = bytes.to_vec();
-    // Plain blocking file I/O off the async threads; the local default writes small files.
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, dir.join(&name))
-            .with_context(|| format!("renaming {} to {name}", tmp.display()))?;
-        Ok(())
-    })
-    .await
-    .context("the mail writer panicked")?
+    // Written in place: a few kilobytes into the page cache take less time than handing them to
+    // a blocking thread and back (this is the local default, not the deployed SMTP path).
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join(&name))
+        .with_context(|| format!("renaming {} to {name}", tmp.display()))?;
+    Ok(())
 }
 
 /// Delay before attempt `attempts + 1`, after `attempts` failures: base · 2^(attempts-1),
@@ -215,13 +209,16 @@ pub async fn run(
     }
 }
 
-/// One round; true when there may be more work right away.
+/// One round; true when there may be more work right away. The round is planned in one
+/// transaction (records whose booking became known are completed, stale ones failed, due ones
+/// claimed); the mails go out with no transaction open, and their outcomes are recorded in a
+/// second one.
 async fn round(db: &Db, transport: &Transport, settings: &Settings) -> anyhow::Result<bool> {
-    let resolved = resolve_waiting(db, settings).await?;
     let now = settings.clock.now();
     let grace = chrono::Duration::from_std(settings.delivery.unknown_booking_grace)
         .unwrap_or(chrono::Duration::MAX);
     let mut tx = db.begin().await?;
+    let resolved = resolve_waiting(&mut tx, settings).await?;
     let failed = store::fail_stale_waiting(
         &mut tx,
         now - grace,
@@ -234,6 +231,11 @@ async fn round(db: &Db, transport: &Transport, settings: &Settings) -> anyhow::R
     )
     .await
     .context("failing stale waiting records")?;
+    let due = store::due(&mut tx, now, BATCH)
+        .await
+        .context("loading due notifications")?;
+    let count = due.len();
+    let claimed = claim(&mut tx, settings, due).await?;
     tx.commit().await?;
     if failed > 0 {
         tracing::warn!(
@@ -241,12 +243,7 @@ async fn round(db: &Db, transport: &Transport, settings: &Settings) -> anyhow::R
             "notifications for unknown bookings marked FAILED"
         );
     }
-    let due = store::due(&db.pool, now, BATCH)
-        .await
-        .context("loading due notifications")?;
-    let count = due.len();
-    if count > 0 {
-        let claimed = claim(db, settings, due).await?;
+    if !claimed.is_empty() {
         let outcomes: Vec<(Notification, Outcome)> = futures::stream::iter(claimed)
             .map(|n| async move {
                 let outcome = attempt(transport, settings, &n).await;
@@ -262,22 +259,19 @@ async fn round(db: &Db, transport: &Transport, settings: &Settings) -> anyhow::R
     Ok(count as i64 == BATCH || resolved as i64 == RESOLVE_BATCH)
 }
 
-async fn resolve_waiting(db: &Db, settings: &Settings) -> anyhow::Result<usize> {
-    let waiting = store::resolvable_waiting(&db.pool, RESOLVE_BATCH)
+async fn resolve_waiting(tx: &mut Tx, settings: &Settings) -> anyhow::Result<usize> {
+    let waiting = store::resolvable_waiting(tx, RESOLVE_BATCH)
         .await
         .context("loading waiting notifications")?;
     let count = waiting.len();
     for mut n in waiting {
-        let Some(facts) = store::booking_facts(&db.pool, n.booking_id).await? else {
+        let Some(facts) = store::booking_facts(&mut *tx, n.booking_id).await? else {
             continue;
         };
         handler::describe(&mut n, &facts, settings);
         handler::address_booker(&mut n, &facts);
         n.updated_at = settings.clock.now();
-        let mut tx = db.begin().await?;
-        let resolved = store::resolve(&mut tx, &n).await?;
-        tx.commit().await?;
-        if resolved {
+        if store::resolve(tx, &n).await? {
             tracing::debug!(id = %n.id, status = n.status.as_str(), "waiting notification resolved");
         }
     }
@@ -287,18 +281,19 @@ async fn resolve_waiting(db: &Db, settings: &Settings) -> anyhow::Result<usize> 
 /// Takes the due records for one attempt each, in one statement; returns those this sender
 /// got (another replica may have taken some first).
 async fn claim(
-    db: &Db,
+    tx: &mut Tx,
     settings: &Settings,
     due: Vec<Notification>,
 ) -> anyhow::Result<Vec<Notification>> {
+    if due.is_empty() {
+        return Ok(due);
+    }
     let now = settings.clock.now();
     let lease =
         chrono::Duration::from_std(settings.delivery.claim_lease).unwrap_or(chrono::Duration::MAX);
-    let mut tx = db.begin().await?;
-    let taken = store::claim_all(&mut tx, &due, now + lease, now)
+    let taken = store::claim_all(&mut *tx, &due, now + lease, now)
         .await
         .context("claiming due notifications")?;
-    tx.commit().await?;
     Ok(due.into_iter().filter(|n| taken.contains(&n.id)).collect())
 }
 

@@ -261,15 +261,12 @@ const RESOLVABLE: &str = "status = 'WAITING' AND EXISTS (SELECT 1 FROM notificat
      WHERE b.booking_id = notifications.booking_id AND b.created_seen = 1)";
 
 /// WAITING rows whose booking has become known.
-pub async fn resolvable_waiting(
-    pool: &AnyPool,
-    limit: i64,
-) -> Result<Vec<Notification>, sqlx::Error> {
+pub async fn resolvable_waiting(tx: &mut Tx, limit: i64) -> Result<Vec<Notification>, sqlx::Error> {
     sqlx::query(&format!(
         "SELECT {COLUMNS} FROM notifications WHERE {RESOLVABLE} ORDER BY created_at LIMIT $1"
     ))
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?
     .iter()
     .map(from_row)
@@ -319,7 +316,7 @@ pub async fn fail_stale_waiting(
 
 /// PENDING rows whose next attempt is due, oldest first.
 pub async fn due(
-    pool: &AnyPool,
+    tx: &mut Tx,
     now: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<Notification>, sqlx::Error> {
@@ -329,16 +326,13 @@ pub async fn due(
     ))
     .bind(to_millis(now))
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?
     .iter()
     .map(from_row)
     .collect()
 }
 
-/// Takes a due row for one attempt: counts the attempt and hides the row until `lease_until`
-/// (after which, should this process die mid-send, the row is due again). False when another
-/// sender took it first.
 /// Takes the `due` records for one attempt each, in one statement: a record is taken only while
 /// it is still PENDING at the due time this sender read, so two senders never take the same
 /// one. Its due time moves to `lease_until` (if this sender dies, the record is due again

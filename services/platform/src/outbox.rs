@@ -208,12 +208,15 @@ async fn relay_batch(
     db: &Db,
     js: &jetstream::Context,
 ) -> anyhow::Result<usize> {
+    // Read on the write connection: on SQLite that is no thread hop (this runs after every
+    // commit).
+    let mut tx = db.begin().await?;
     let rows: Vec<Row> = sqlx::query(
         "SELECT id, COALESCE(publish_id, message_id), subject, payload, traceparent FROM outbox \
          WHERE published_at IS NULL ORDER BY id LIMIT $1",
     )
     .bind(BATCH)
-    .fetch_all(&db.pool)
+    .fetch_all(&mut tx)
     .await?
     .into_iter()
     .map(|r| {
@@ -226,6 +229,7 @@ async fn relay_batch(
         })
     })
     .collect::<Result<_, sqlx::Error>>()?;
+    tx.commit().await?;
     if rows.is_empty() {
         return Ok(0);
     }
