@@ -19,6 +19,9 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::sqlite_writer::SqliteWriter;
 
+/// How often the SQLite log is checkpointed (see [`checkpoint_regularly`]).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
 /// How long a writer waits for its turn (and for a lock another process holds) before giving
 /// up.
 const WRITE_WAIT: Duration = Duration::from_secs(10);
@@ -130,10 +133,14 @@ impl Db {
                     // Statements run on the async runtime's thread: SQLite must never sleep in
                     // its busy handler there. `begin` waits for another process's lock instead.
                     .busy_timeout(Duration::ZERO)
-                    .foreign_keys(true);
+                    .foreign_keys(true)
+                    // Nor copy the log into the file on commit (that ends in an fsync): a reader
+                    // connection does it in the background, on sqlx's thread.
+                    .pragma("wal_autocheckpoint", "0");
                 let writer = SqliteWriter::open(&options)
                     .await
                     .context("opening the database's write connection")?;
+                tokio::spawn(checkpoint_regularly(pool.clone()));
                 Some(Arc::new(Mutex::new(writer)))
             }
             Backend::Postgres => None,
@@ -199,6 +206,24 @@ impl Db {
     /// True when the database answers a trivial query.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+}
+
+/// Copies SQLite's write-ahead log into the database file every [`CHECKPOINT_EVERY`], as far as
+/// readers allow (`PASSIVE`: it never waits for them), until the pool closes.
+async fn checkpoint_regularly(pool: AnyPool) {
+    let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !pool.is_closed() {
+        every.tick().await;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            if !pool.is_closed() {
+                tracing::warn!(error = %e, "SQLite checkpoint failed");
+            }
+        }
     }
 }
 

@@ -223,3 +223,31 @@ async fn a_lock_held_by_another_connection_is_waited_for_without_blocking_the_ta
     assert_eq!(names, ["other"]);
     tx.commit().await.unwrap();
 }
+
+#[tokio::test]
+async fn committed_writes_reach_the_sqlite_file_in_the_background() {
+    let dbs = TestDatabases::new(TestBackend::Sqlite);
+    let db = open(&dbs).await;
+    let file = dbs.dir().join("writes.db");
+    let before = std::fs::metadata(&file).unwrap().len();
+
+    // 2 MB: below SQLite's own automatic checkpoint (about 4 MB of log), which the write
+    // connection has switched off anyway.
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO items (id, name, note) VALUES (1, 'big', $1)")
+        .bind("x".repeat(2 << 20))
+        .execute(&mut tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    roombook_platform::testkit::eventually(
+        "the log checkpointed into the database file",
+        std::time::Duration::from_secs(10),
+        || {
+            let size = std::fs::metadata(&file).unwrap().len();
+            async move { (size >= before + (2 << 20)).then_some(()) }
+        },
+    )
+    .await;
+}
