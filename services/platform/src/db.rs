@@ -185,7 +185,7 @@ impl Db {
                 let mut writer = tokio::time::timeout_at(deadline, Arc::clone(writer).lock_owned())
                     .await
                     .map_err(|_| sqlx::Error::PoolTimedOut)?;
-                // Only another process (a tool on the same file) can hold the lock now.
+                // Only another connection (the outbox prune, a tool) can hold the lock now.
                 let mut pause = Duration::from_millis(1);
                 loop {
                     match writer.exec("BEGIN IMMEDIATE") {

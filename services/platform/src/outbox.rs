@@ -195,9 +195,10 @@ pub async fn prune(db: &Db, now_millis: i64) -> Result<u64, sqlx::Error> {
          AND id NOT IN (SELECT MAX(id) FROM outbox WHERE subject LIKE '{}.%' GROUP BY booking_id)",
         topology::EVENTS_PREFIX
     );
-    let mut tx = db.begin().await?;
-    let done = sqlx::query(&sql).bind(cutoff).execute(&mut tx).await?;
-    tx.commit().await?;
+    // On a pool connection, not the write connection: this scans the whole outbox, and the
+    // write connection runs on the async thread, which must not stall for that long. (Writers
+    // wait for the file's lock meanwhile, as for any other process's.)
+    let done = sqlx::query(&sql).bind(cutoff).execute(&db.pool).await?;
     Ok(done.rows_affected())
 }
 
