@@ -96,18 +96,18 @@ impl SqliteWriter {
         mut on_row: impl FnMut(AnyRow) -> bool,
     ) -> Result<AnyQueryResult, sqlx::Error> {
         let values = arguments.map(|a| a.values.0).unwrap_or_default();
-        let prepared = match self.statements.remove(sql) {
-            Some(p) => p,
-            None => Prepared::new(self.db, sql)?,
-        };
-        let result = prepared.run(self.db, &values, &mut on_row);
-        if persistent {
+        let db = self.db;
+        if !persistent {
+            return Prepared::new(db, sql)?.run(db, &values, &mut on_row);
+        }
+        if !self.statements.contains_key(sql) {
             if self.statements.len() >= CACHED_STATEMENTS {
                 self.statements.clear();
             }
-            self.statements.insert(sql.to_owned(), prepared);
+            self.statements
+                .insert(sql.to_owned(), Prepared::new(db, sql)?);
         }
-        result
+        self.statements[sql].run(db, &values, &mut on_row)
     }
 }
 

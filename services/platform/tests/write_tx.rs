@@ -96,6 +96,21 @@ async fn reads_and_writes_like_the_pool(backend: TestBackend) {
             .unwrap();
     assert_eq!(ids, [8]);
 
+    // Several statements in one text (unprepared, not cached): each runs, their changes add up.
+    let both = sqlx::Executor::execute(
+        &mut tx,
+        "UPDATE items SET note = 'a'; UPDATE items SET note = 'b' WHERE id = 7",
+    )
+    .await
+    .unwrap();
+    assert_eq!(both.rows_affected(), 3);
+    let notes: Vec<String> = sqlx::query_scalar("SELECT note FROM items ORDER BY id")
+        .persistent(false)
+        .fetch_all(&mut tx)
+        .await
+        .unwrap();
+    assert_eq!(notes, ["b", "a"]);
+
     // A constraint's refusal is recognisable, and the transaction goes on.
     let duplicate = sqlx::query("INSERT INTO items (id, name) VALUES ($1, $2)")
         .bind(9_i64)
