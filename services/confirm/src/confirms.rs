@@ -429,84 +429,56 @@ pub async fn decide(
     }
     // On PostgreSQL the confirm may change between this decision's read and its write (a
     // DeleteConfirm closing it); the decision is then judged again against what it became.
-    let mut attempt = 1;
-    loop {
-        let decided = decide_once(
-            db,
-            outbox,
-            clock,
-            id,
-            decision,
-            admin,
-            reason.clone(),
-            trace,
-        )
-        .await?;
-        match decided {
-            Some(c) => return Ok(c),
-            None if attempt < 5 => attempt += 1,
-            None => return Err(sqlx::Error::RowNotFound.into()),
+    for _ in 0..5 {
+        let mut tx = db.begin().await?;
+        let mut c = get(&mut tx, id)
+            .await?
+            .filter(|c| c.room_id.is_some())
+            .ok_or(DecisionError::NotFound(id))?;
+        if c.status == decision {
+            return Ok(c);
         }
+        if c.closed && c.close_reason.as_deref() == Some("EXPIRED") {
+            return Err(DecisionError::Expired(id));
+        }
+        if c.closed {
+            return Err(DecisionError::Closed(id));
+        }
+        // The deadline is this service's to enforce: a decision at or after it loses, whether or
+        // not the expiry has been processed yet.
+        if c.status == ConfirmStatus::Booked
+            && c.approval_deadline.is_some_and(|d| clock.now() >= d)
+        {
+            return Err(DecisionError::Expired(id));
+        }
+        if c.status != ConfirmStatus::Booked {
+            return Err(DecisionError::AlreadyDecided {
+                id,
+                status: c.status.as_str(),
+            });
+        }
+        let read_version = c.version;
+        c.status = decision;
+        c.confirm_user_id = Some(admin.to_string());
+        c.confirm_dtm = Some(platform::time::now());
+        c.reason = reason.clone();
+        c.version += 1;
+        if !update(&mut tx, &c, read_version).await? {
+            continue;
+        }
+        let decided = ConfirmDecided {
+            confirm_id: c.id,
+            confirm_user_id: admin.to_string(),
+            reason: reason.clone(),
+        };
+        let body = match decision {
+            ConfirmStatus::Confirmed => Body::ConfirmCompleted(decided),
+            _ => Body::ConfirmDenied(decided),
+        };
+        emit(&mut tx, &c, body, trace).await?;
+        tx.commit().await?;
+        outbox.notify();
+        return Ok(c);
     }
-}
-
-/// One try of [`decide`]; None when the confirm changed after it was read.
-#[allow(clippy::too_many_arguments)]
-async fn decide_once(
-    db: &Db,
-    outbox: &OutboxSignal,
-    clock: &dyn Clock,
-    id: Uuid,
-    decision: ConfirmStatus,
-    admin: &str,
-    reason: Option<String>,
-    trace: &TraceParent,
-) -> Result<Option<Confirm>, DecisionError> {
-    let mut tx = db.begin().await?;
-    let mut c = get(&mut tx, id)
-        .await?
-        .filter(|c| c.room_id.is_some())
-        .ok_or(DecisionError::NotFound(id))?;
-    if c.status == decision {
-        return Ok(Some(c));
-    }
-    if c.closed && c.close_reason.as_deref() == Some("EXPIRED") {
-        return Err(DecisionError::Expired(id));
-    }
-    if c.closed {
-        return Err(DecisionError::Closed(id));
-    }
-    // The deadline is this service's to enforce: a decision at or after it loses, whether or
-    // not the expiry has been processed yet.
-    if c.status == ConfirmStatus::Booked && c.approval_deadline.is_some_and(|d| clock.now() >= d) {
-        return Err(DecisionError::Expired(id));
-    }
-    if c.status != ConfirmStatus::Booked {
-        return Err(DecisionError::AlreadyDecided {
-            id,
-            status: c.status.as_str(),
-        });
-    }
-    let read_version = c.version;
-    c.status = decision;
-    c.confirm_user_id = Some(admin.to_string());
-    c.confirm_dtm = Some(platform::time::now());
-    c.reason = reason.clone();
-    c.version += 1;
-    if !update(&mut tx, &c, read_version).await? {
-        return Ok(None);
-    }
-    let decided = ConfirmDecided {
-        confirm_id: c.id,
-        confirm_user_id: admin.to_string(),
-        reason,
-    };
-    let body = match decision {
-        ConfirmStatus::Confirmed => Body::ConfirmCompleted(decided),
-        _ => Body::ConfirmDenied(decided),
-    };
-    emit(&mut tx, &c, body, trace).await?;
-    tx.commit().await?;
-    outbox.notify();
-    Ok(Some(c))
+    Err(sqlx::Error::RowNotFound.into())
 }

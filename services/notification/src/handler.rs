@@ -41,10 +41,7 @@ pub struct NotificationHandler {
 
 impl Handler for NotificationHandler {
     async fn handle(&self, tx: &mut Tx, msg: &Incoming) -> Result<(), HandleError> {
-        let mut records = Vec::new();
-        self.records(tx, msg, &mut records).await?;
-        store::insert_all(tx, &records).await?;
-        Ok(())
+        self.handle_batch(tx, &[msg]).await
     }
 
     /// The records of the whole batch are written together at its end: nothing in handling an

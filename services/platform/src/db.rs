@@ -279,23 +279,20 @@ impl<'c> Executor<'c> for &'c mut Tx {
 
     fn fetch_many<'e, 'q: 'e, E>(
         self,
-        mut query: E,
+        query: E,
     ) -> BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, sqlx::Error>>
     where
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
         match &mut self.0 {
-            TxInner::Postgres(tx) => (&mut *tx).fetch_many(query),
+            TxInner::Postgres(tx) => (&mut **tx).fetch_many(query),
             TxInner::Sqlite(tx) => {
                 let mut out = Vec::new();
-                let done = match query.take_arguments() {
-                    Ok(arguments) => tx.0.run(query.sql(), arguments, query.persistent(), |row| {
-                        out.push(Ok(Either::Right(row)));
-                        true
-                    }),
-                    Err(e) => Err(sqlx::Error::Encode(e)),
-                };
+                let done = run_on_writer(&mut tx.0, query, |row| {
+                    out.push(Ok(Either::Right(row)));
+                    true
+                });
                 out.push(done.map(Either::Left));
                 futures::stream::iter(out).boxed()
             }
@@ -304,23 +301,20 @@ impl<'c> Executor<'c> for &'c mut Tx {
 
     fn fetch_optional<'e, 'q: 'e, E>(
         self,
-        mut query: E,
+        query: E,
     ) -> BoxFuture<'e, Result<Option<AnyRow>, sqlx::Error>>
     where
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
         match &mut self.0 {
-            TxInner::Postgres(tx) => (&mut *tx).fetch_optional(query),
+            TxInner::Postgres(tx) => (&mut **tx).fetch_optional(query),
             TxInner::Sqlite(tx) => {
                 let mut first = None;
-                let done = match query.take_arguments() {
-                    Ok(arguments) => tx.0.run(query.sql(), arguments, query.persistent(), |row| {
-                        first = Some(row);
-                        false
-                    }),
-                    Err(e) => Err(sqlx::Error::Encode(e)),
-                };
+                let done = run_on_writer(&mut tx.0, query, |row| {
+                    first = Some(row);
+                    false
+                });
                 futures::future::ready(done.map(|_| first)).boxed()
             }
         }
@@ -335,7 +329,7 @@ impl<'c> Executor<'c> for &'c mut Tx {
         'c: 'e,
     {
         match &mut self.0 {
-            TxInner::Postgres(tx) => (&mut *tx).prepare_with(sql, parameters),
+            TxInner::Postgres(tx) => (&mut **tx).prepare_with(sql, parameters),
             TxInner::Sqlite(_) => futures::future::ready(Err(unsupported("prepare"))).boxed(),
         }
     }
@@ -348,10 +342,20 @@ impl<'c> Executor<'c> for &'c mut Tx {
         'c: 'e,
     {
         match &mut self.0 {
-            TxInner::Postgres(tx) => (&mut *tx).describe(sql),
+            TxInner::Postgres(tx) => (&mut **tx).describe(sql),
             TxInner::Sqlite(_) => futures::future::ready(Err(unsupported("describe"))).boxed(),
         }
     }
+}
+
+/// Runs `query` on the SQLite writer, handing each row to `on_row` until it answers false.
+fn run_on_writer<'q>(
+    writer: &mut SqliteWriter,
+    mut query: impl Execute<'q, Any>,
+    on_row: impl FnMut(AnyRow) -> bool,
+) -> Result<AnyQueryResult, sqlx::Error> {
+    let arguments = query.take_arguments().map_err(sqlx::Error::Encode)?;
+    writer.run(query.sql(), arguments, query.persistent(), on_row)
 }
 
 fn unsupported(what: &str) -> sqlx::Error {
