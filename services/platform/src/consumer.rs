@@ -233,12 +233,21 @@ async fn process_batch<H: Handler>(
     }
 }
 
-/// Parses a delivery; parks it (and returns None) when it can never be applied.
+/// Parses a delivery; parks it (and returns None) when it can never be applied, and passes over
+/// (acknowledges, returns None) one the handler does not take.
 async fn prepare(
     js: &jetstream::Context,
     spec: &ConsumerSpec,
     msg: jetstream::Message,
 ) -> Option<Ready> {
+    if !spec.takes(&msg.subject) {
+        // Delivered because the server sends the whole stream (see `ConsumerSpec`); not ours.
+        metrics::consumed(spec.durable, Body::type_of_subject(&msg.subject), "skipped");
+        if let Err(e) = msg.ack().await {
+            tracing::debug!(consumer = spec.durable, error = %e, "ack of a passed-over message failed");
+        }
+        return None;
+    }
     let (delivered, stream_seq) = match msg.info() {
         Ok(info) => (info.delivered, info.stream_sequence),
         Err(_) => (1, 0),

@@ -62,12 +62,22 @@ pub fn subject_for(env: &Envelope) -> String {
     )
 }
 
-/// A durable pull consumer: its name, stream and the subjects it takes.
+/// A durable pull consumer: its name, its stream, what the server delivers to it and which of
+/// those its handler applies.
+///
+/// Consumers of the event stream are delivered the whole stream and pass over (acknowledge
+/// unread) what they do not handle. Asking the server to select instead costs it far more:
+/// every subject carries a booking id, so the stream holds about one subject per message, and
+/// a consumer with several filters makes the server intersect that whole subject tree with its
+/// filters on every look-up once it is a few messages behind.
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
     pub durable: &'static str,
     pub stream: &'static str,
-    pub filter_subjects: Vec<String>,
+    /// What the server delivers: one filter (the whole stream, or one participant's commands).
+    pub filter_subject: String,
+    /// The subjects the handler applies; every other delivery is acknowledged unread.
+    pub handles: Vec<String>,
 }
 
 impl ConsumerSpec {
@@ -76,7 +86,8 @@ impl ConsumerSpec {
         ConsumerSpec {
             durable: "orchestrator",
             stream: EVENTS_STREAM,
-            filter_subjects: vec![
+            filter_subject: format!("{EVENTS_PREFIX}.>"),
+            handles: vec![
                 format!("{EVENTS_PREFIX}.booking.>"),
                 format!("{EVENTS_PREFIX}.confirm.>"),
             ],
@@ -90,18 +101,21 @@ impl ConsumerSpec {
         ConsumerSpec {
             durable: "notification",
             stream: EVENTS_STREAM,
-            filter_subjects: vec![
+            filter_subject: format!("{EVENTS_PREFIX}.>"),
+            handles: vec![
                 format!("{EVENTS_PREFIX}.booking.>"),
                 format!("{EVENTS_PREFIX}.confirm.*.ConfirmRequested"),
             ],
         }
     }
 
-    /// Whether the consumer takes messages published on `subject`.
+    /// Whether the consumer's handler applies messages published on `subject`.
     pub fn takes(&self, subject: &str) -> bool {
-        self.filter_subjects
-            .iter()
-            .any(|filter| subject_matches(filter, subject))
+        subject_matches(&self.filter_subject, subject)
+            && self
+                .handles
+                .iter()
+                .any(|filter| subject_matches(filter, subject))
     }
 
     /// The booking list follows every event (to keep its read model).
@@ -109,7 +123,8 @@ impl ConsumerSpec {
         ConsumerSpec {
             durable: "bookinglist",
             stream: EVENTS_STREAM,
-            filter_subjects: vec![format!("{EVENTS_PREFIX}.>")],
+            filter_subject: format!("{EVENTS_PREFIX}.>"),
+            handles: vec![format!("{EVENTS_PREFIX}.>")],
         }
     }
 
@@ -118,7 +133,8 @@ impl ConsumerSpec {
         ConsumerSpec {
             durable: "booking",
             stream: COMMANDS_STREAM,
-            filter_subjects: vec![format!("{COMMANDS_PREFIX}.booking.>")],
+            filter_subject: format!("{COMMANDS_PREFIX}.booking.>"),
+            handles: vec![format!("{COMMANDS_PREFIX}.booking.>")],
         }
     }
 
@@ -127,7 +143,8 @@ impl ConsumerSpec {
         ConsumerSpec {
             durable: "confirm",
             stream: COMMANDS_STREAM,
-            filter_subjects: vec![format!("{COMMANDS_PREFIX}.confirm.>")],
+            filter_subject: format!("{COMMANDS_PREFIX}.confirm.>"),
+            handles: vec![format!("{COMMANDS_PREFIX}.confirm.>")],
         }
     }
 
@@ -139,7 +156,7 @@ impl ConsumerSpec {
             // The consumer loop parks a message after MAX_ATTEMPTS itself (so nothing is dropped
             // silently); the server's own limit is only a backstop a little above it.
             max_deliver: MAX_ATTEMPTS + 2,
-            filter_subjects: self.filter_subjects.clone(),
+            filter_subject: self.filter_subject.clone(),
             max_ack_pending: 1024,
             ..Default::default()
         }

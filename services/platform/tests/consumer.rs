@@ -168,46 +168,91 @@ async fn a_failing_message_in_a_batch_is_handled_alone_and_the_rest_apply_once()
     task.await.unwrap();
 }
 
-/// A rolling upgrade: the durable consumer exists with the subjects an earlier version gave
-/// it; declaring it again at start-up moves it to the new ones.
+/// A rolling upgrade: the durable consumer exists with the two filters an earlier version gave
+/// it; declaring it again at start-up moves it to the whole stream, and the consumer applies
+/// what its handler takes and acknowledges the rest unread.
 #[tokio::test]
-async fn a_consumer_declared_with_other_subjects_takes_the_new_ones_when_declared_again() {
+async fn a_consumer_declared_with_filters_before_takes_the_stream_and_passes_over_the_rest() {
+    roombook_platform::metrics::handle(); // record from the start
     let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::connect(
+        &format!("sqlite://{}", dir.path().join("consumer.db").display()),
+        Migrations {
+            sqlite: sqlx::migrate!("tests/migrations"),
+            postgres: sqlx::migrate!("tests/migrations"),
+        },
+    )
+    .await
+    .unwrap();
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     topology::ensure_streams(&js, 1).await.unwrap();
     let current = ConsumerSpec::notification();
-    let earlier = ConsumerSpec {
-        filter_subjects: vec![format!("{}.>", topology::EVENTS_PREFIX)],
-        ..current.clone()
+    let earlier = jetstream::consumer::pull::Config {
+        filter_subject: String::new(),
+        filter_subjects: vec![
+            format!("{}.booking.>", topology::EVENTS_PREFIX),
+            format!("{}.confirm.*.ConfirmRequested", topology::EVENTS_PREFIX),
+        ],
+        ..current.config()
     };
-    topology::ensure_consumer(&js, &earlier).await.unwrap();
+    js.create_consumer_on_stream(earlier, topology::EVENTS_STREAM)
+        .await
+        .unwrap();
     let mut consumer = topology::ensure_consumer(&js, &current).await.unwrap();
     let info = consumer.info().await.unwrap().clone();
-    assert_eq!(info.config.filter_subjects, current.filter_subjects);
+    assert_eq!(info.config.filter_subject, current.filter_subject);
+    assert!(info.config.filter_subjects.is_empty(), "{info:?}");
 
-    // Of a booking event and a saga event, only the one it now takes is waiting for it.
+    // Booking events (applied) around a saga event (not the notification's).
     let booking = Uuid::new_v4();
-    for body in [
-        Body::BookingConfirmed(BookingConfirmed {}),
-        Body::SagaStateChanged(roombook_platform::contract::SagaStateChanged {
-            state: "COMPLETED".into(),
-            previous_state: None,
-        }),
+    for (version, body) in [
+        (1, Body::BookingConfirmed(BookingConfirmed {})),
+        (
+            2,
+            Body::SagaStateChanged(roombook_platform::contract::SagaStateChanged {
+                state: "COMPLETED".into(),
+                previous_state: None,
+            }),
+        ),
+        (3, Body::BookingConfirmed(BookingConfirmed {})),
     ] {
-        let env = Envelope::new(booking, booking, 2, body);
+        let env = Envelope::new(booking, booking, version, body);
         js.publish(topology::subject_for(&env), env.to_json().into())
             .await
             .unwrap()
             .await
             .unwrap();
     }
-    let pending = eventually("the consumer to count its messages", WAIT, || {
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(consumer::run(
+        db.clone(),
+        js.clone(),
+        OutboxSignal::default(),
+        current,
+        Arc::new(Recorder),
+        cancel.clone(),
+    ));
+    eventually("the consumer to settle", WAIT, || {
         let mut consumer = consumer.clone();
         async move {
             let info = consumer.info().await.ok()?.clone();
-            (info.num_pending > 0).then_some(info.num_pending)
+            (info.ack_floor.stream_sequence == 3 && info.num_ack_pending == 0).then_some(())
         }
     })
     .await;
-    assert_eq!(pending, 1);
+    assert_eq!(applied(&db).await, [1, 3]);
+    let metrics = roombook_platform::metrics::handle().render();
+    let skipped = metrics.lines().find(|l| {
+        l.starts_with("roombook_messages_consumed_total")
+            && l.contains(r#"consumer="notification""#)
+            && l.contains(r#"outcome="skipped""#)
+    });
+    assert!(
+        skipped.is_some_and(|l| l.contains(r#"type="SagaStateChanged""#) && l.ends_with(" 1")),
+        "{metrics}"
+    );
+
+    cancel.cancel();
+    task.await.unwrap();
 }
