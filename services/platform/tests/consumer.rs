@@ -42,6 +42,22 @@ impl Handler for Recorder {
     }
 }
 
+/// A fresh SQLite database with the test tables, and JetStream with the streams declared.
+async fn connect(dir: &tempfile::TempDir, nats: &NatsServer) -> (Db, jetstream::Context) {
+    let db = Db::connect(
+        &format!("sqlite://{}", dir.path().join("consumer.db").display()),
+        Migrations {
+            sqlite: sqlx::migrate!("tests/migrations"),
+            postgres: sqlx::migrate!("tests/migrations"),
+        },
+    )
+    .await
+    .unwrap();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    topology::ensure_streams(&js, 1).await.unwrap();
+    (db, js)
+}
+
 async fn applied(db: &Db) -> Vec<i64> {
     sqlx::query("SELECT version FROM applied ORDER BY version")
         .fetch_all(&db.pool)
@@ -57,17 +73,7 @@ async fn a_failing_message_in_a_batch_is_handled_alone_and_the_rest_apply_once()
     roombook_platform::metrics::handle(); // record from the start
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::connect(
-        &format!("sqlite://{}", dir.path().join("consumer.db").display()),
-        Migrations {
-            sqlite: sqlx::migrate!("tests/migrations"),
-            postgres: sqlx::migrate!("tests/migrations"),
-        },
-    )
-    .await
-    .unwrap();
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    topology::ensure_streams(&js, 1).await.unwrap();
+    let (db, js) = connect(&dir, &nats).await;
 
     // Everything is in the stream before the consumer starts, so it arrives in batches.
     let booking = Uuid::new_v4();
@@ -176,17 +182,7 @@ async fn a_consumer_declared_with_filters_before_takes_the_stream_and_passes_ove
     roombook_platform::metrics::handle(); // record from the start
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::connect(
-        &format!("sqlite://{}", dir.path().join("consumer.db").display()),
-        Migrations {
-            sqlite: sqlx::migrate!("tests/migrations"),
-            postgres: sqlx::migrate!("tests/migrations"),
-        },
-    )
-    .await
-    .unwrap();
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    topology::ensure_streams(&js, 1).await.unwrap();
+    let (db, js) = connect(&dir, &nats).await;
     let current = ConsumerSpec::notification();
     let earlier = jetstream::consumer::pull::Config {
         filter_subject: String::new(),
