@@ -278,6 +278,51 @@ mod tests {
     }
 
     #[test]
+    fn event_consumers_are_delivered_the_whole_stream_and_pick_in_the_handler() {
+        let all = [
+            ConsumerSpec::orchestrator(),
+            ConsumerSpec::notification(),
+            ConsumerSpec::bookinglist(),
+            ConsumerSpec::booking_commands(),
+            ConsumerSpec::confirm_commands(),
+        ];
+        let booking = Uuid::new_v4();
+        let saga_event = subject_for(&Envelope::new(
+            booking,
+            booking,
+            1,
+            Body::SagaStateChanged(SagaStateChanged {
+                state: "STARTED".into(),
+                previous_state: None,
+            }),
+        ));
+        for spec in all {
+            // One filter each; on the event stream it must be the stream's own subject (several
+            // filters, or a narrower one, make the server search its subject index).
+            if spec.stream == EVENTS_STREAM {
+                assert_eq!(
+                    spec.filter_subject,
+                    format!("{EVENTS_PREFIX}.>"),
+                    "{spec:?}"
+                );
+            } else {
+                assert!(spec.filter_subject.starts_with(COMMANDS_PREFIX), "{spec:?}");
+            }
+            let picks = spec
+                .handles
+                .iter()
+                .all(|h| subject_matches(&spec.filter_subject, &h.replace(['*', '>'], "x")));
+            assert!(picks, "{spec:?} handles subjects it is never delivered");
+            assert_eq!(
+                spec.takes(&saga_event),
+                spec.durable == "bookinglist",
+                "{}",
+                spec.durable
+            );
+        }
+    }
+
+    #[test]
     fn redelivery_backoff_grows_then_holds() {
         assert_eq!(redelivery_delay(1), REDELIVERY_BACKOFF[0]);
         assert_eq!(redelivery_delay(2), REDELIVERY_BACKOFF[1]);

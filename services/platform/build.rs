@@ -1,0 +1,6 @@
+// `sqlx::migrate!` embeds the migration folders when the crate (and its tests) compile and
+// cannot ask the compiler to watch them: rebuild whenever a migration is added or changed.
+fn main() {
+    println!("cargo:rerun-if-changed=migrations");
+    println!("cargo:rerun-if-changed=tests/migrations");
+}
