@@ -149,8 +149,7 @@ impl ListStack {
                 .json()
                 .await
                 .ok()?;
-            (lag["pending"] == 0 && lag["appliedSequence"] == lag["streamLastSequence"])
-                .then_some(())
+            (lag["pending"] == 0 && lag["caughtUp"] == true).then_some(())
         })
         .await;
     }

@@ -8,7 +8,7 @@
 //! | `GET /bookingLists/stream?bookingUserId&roomId` | user / admin | SSE: `ready`, then `bookingList` events (a row each, `id` = change number) |
 //! | `POST /bookingLists/rebuild` | admin | 202 and the rebuild's status; 409 while one runs |
 //! | `GET /bookingLists/rebuild` | admin | the latest rebuild's status |
-//! | `GET /bookingLists/lag` | anyone | the projection's position against the event stream |
+//! | `GET /bookingLists/lag` | anyone | the projection's position against the event streams |
 
 use std::{convert::Infallible, time::Duration};
 
@@ -256,14 +256,14 @@ async fn stream(
         .into_response())
 }
 
-/// How far the list is behind the event stream.
+/// How far the list is behind the event streams.
 #[utoipa::path(
     get,
     operation_id = "getBookingListLag",
     path = "/bookingLists/lag",
     tag = "bookingLists",
     responses(
-        (status = 200, description = "`stream`, `consumer`, `streamLastSequence`, `appliedSequence`, `pending`, `rebuilding` and `generation`", body = Object),
+        (status = 200, description = "`pending` (over all event streams), `caughtUp`, `streams` (per stream: `stream`, `consumer`, `streamLastSequence`, `appliedSequence`, `pending`), `rebuilding` and `generation`", body = Object),
         (status = 503, description = "The event stream cannot be reached"),
     )
 )]

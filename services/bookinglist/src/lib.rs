@@ -1,12 +1,12 @@
 //! The booking list: the CQRS read model of booking, approval and saga status, one row per
 //! booking, for users (their own rows) and admins (all rows).
 //!
-//! The durable `bookinglist` consumer follows every event on `ROOMBOOK_EVENTS` and folds it into
-//! its booking's row ([`projection`], a pure function that tolerates any order and any number
-//! of repeats). Around it: the list API with filters, sorting and paging ([`api`], [`query`]),
-//! a live feed of row changes over Server-Sent Events ([`feed`]), a rebuild from the stream's
+//! Its durable consumers follow every event, the participants' on `ROOMBOOK_EVENTS` and the
+//! saga's on `ROOMBOOK_SAGA_EVENTS`, and fold each into its booking's row ([`projection`], a
+//! pure function that tolerates any order and any number of repeats). Around it: the list API with filters, sorting and paging ([`api`], [`query`]),
+//! a live feed of row changes over Server-Sent Events ([`feed`]), a rebuild from the streams'
 //! start into a shadow table that is swapped in when complete ([`rebuild`]), and the projection's
-//! lag behind the stream ([`lag`]).
+//! lag behind the streams ([`lag`]).
 
 pub mod api;
 pub mod feed;
@@ -85,7 +85,9 @@ pub fn migrations() -> Migrations {
 /// Starts the service; it runs until `cancel` fires.
 pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<RunningService> {
     let rt = Runtime::start("bookinglist", &config.service, migrations(), cancel).await?;
-    rt.spawn_consumer(ConsumerSpec::bookinglist(), Arc::new(handler::Projector));
+    for spec in ConsumerSpec::bookinglist_all() {
+        rt.spawn_consumer(spec, Arc::new(handler::Projector));
+    }
     let (feed, poller) = feed::Feed::start(
         rt.db.clone(),
         config.feed_poll,

@@ -3,9 +3,9 @@
 //! 1. **Begin** (one transaction): the inactive table becomes the *shadow*: it is emptied, and
 //!    from the commit on the live consumer writes every event to the shadow as well as to the
 //!    active table.
-//! 2. **Replay**: an ordered consumer reads `ROOMBOOK_EVENTS` from its first message up to the
-//!    last one at the moment the rebuild began, and folds each event into the shadow, in
-//!    batches. Events after that point reach the shadow through the live consumer; events in
+//! 2. **Replay**: an ordered consumer reads each event stream (`ROOMBOOK_EVENTS`, then
+//!    `ROOMBOOK_SAGA_EVENTS`) from its first message up to the last one at the moment the
+//!    rebuild began, and folds each event into the shadow, in batches. Events after that point reach the shadow through the live consumer; events in
 //!    both sets are folded twice, which changes nothing (the projection is idempotent and
 //!    order-independent).
 //! 3. **Swap** (one transaction): the shadow becomes the active table; readers switch with the
@@ -27,7 +27,7 @@ use platform::{
     contract::Envelope,
     db::Db,
     time::{from_millis, now_millis},
-    topology::{EVENTS_PREFIX, EVENTS_STREAM},
+    topology::EVENT_STREAMS,
 };
 use serde::Serialize;
 use sqlx::Row as _;
@@ -60,9 +60,9 @@ pub struct RebuildStatus {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub heartbeat_at: Option<String>,
-    /// The stream's last sequence when the rebuild began: the replay reads up to here.
+    /// Where the replay ends: the event streams' last sequences when the rebuild began, summed.
     pub target_sequence: Option<i64>,
-    /// The stream sequence the replay has reached.
+    /// Where the replay is: the sequences it has reached in the event streams, summed.
     pub replayed_sequence: Option<i64>,
     /// Events folded by the replay.
     pub events: i64,
@@ -284,17 +284,21 @@ pub async fn replay_and_swap(
     rebuild: &Rebuild,
     batch: usize,
 ) -> anyhow::Result<()> {
-    let mut stream = js
-        .get_stream(EVENTS_STREAM)
-        .await
-        .context("opening the event stream")?;
-    let state = stream
-        .info()
-        .await
-        .context("reading the event stream's state")?
-        .state
-        .clone();
-    let target = state.last_sequence;
+    let mut streams = Vec::new();
+    for name in EVENT_STREAMS {
+        let mut stream = js
+            .get_stream(name)
+            .await
+            .with_context(|| format!("opening {name}"))?;
+        let state = stream
+            .info()
+            .await
+            .with_context(|| format!("reading the state of {name}"))?
+            .state
+            .clone();
+        streams.push((stream, state));
+    }
+    let target: u64 = streams.iter().map(|(_, state)| state.last_sequence).sum();
     let mut tx = db.begin().await?;
     sqlx::query(
         "UPDATE booking_list_meta SET rebuild_target_seq = $1 WHERE id = 1 AND rebuild_id = $2",
@@ -304,69 +308,94 @@ pub async fn replay_and_swap(
     .execute(&mut tx)
     .await?;
     tx.commit().await?;
-    if state.messages > 0 {
-        let consumer = stream
-            .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                filter_subject: format!("{EVENTS_PREFIX}.>"),
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .context("creating the replay consumer")?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .context("reading the event stream")?;
-        let mut events = Vec::with_capacity(batch);
-        let mut idle = 0;
-        loop {
-            let next = match tokio::time::timeout(IDLE, messages.next()).await {
-                Ok(next) => next,
-                Err(_) if idle < MAX_IDLE => {
-                    // Nothing for a while: flush what there is, which also beats.
-                    idle += 1;
-                    apply_batch(db, rebuild, &events, None).await?;
-                    events.clear();
-                    continue;
-                }
-                Err(_) => {
-                    bail!("the event stream stopped delivering before the replay was complete")
-                }
-            };
-            idle = 0;
-            let message = match next {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => return Err(e).context("reading the event stream"),
-                None => bail!("the event stream ended before the replay was complete"),
-            };
-            let (sequence, pending) = match message.info() {
-                Ok(info) => (info.stream_sequence, info.pending),
-                Err(e) => bail!("a replayed message has no stream position: {e}"),
-            };
-            match Envelope::from_json(&message.payload) {
-                Ok(env) if projection::is_event(&env.body) => events.push(env),
-                Ok(env) => tracing::warn!(
-                    sequence,
-                    kind = env.body.type_name(),
-                    "not an event; skipped"
-                ),
-                Err(e) => tracing::warn!(
-                    sequence,
-                    subject = %message.subject,
-                    error = %e,
-                    "unreadable or unknown event; skipped"
-                ),
-            }
-            // Pending 0: the stream holds nothing more (the target may have been removed).
-            let done = sequence >= target || pending == 0;
-            if events.len() >= batch || done {
-                apply_batch(db, rebuild, &events, Some(sequence)).await?;
-                events.clear();
-            }
-            if done {
-                break;
-            }
+    // Progress is the sum of the positions reached: the streams before this one are done.
+    let mut done_before = 0;
+    for (stream, state) in streams {
+        if state.messages > 0 {
+            replay_stream(
+                db,
+                rebuild,
+                &stream,
+                state.last_sequence,
+                done_before,
+                batch,
+            )
+            .await?;
         }
+        done_before += state.last_sequence;
     }
     swap(db, rebuild).await
+}
+
+/// Folds one stream's events up to `target` into the shadow.
+async fn replay_stream(
+    db: &Db,
+    rebuild: &Rebuild,
+    stream: &jetstream::stream::Stream,
+    target: u64,
+    done_before: u64,
+    batch: usize,
+) -> anyhow::Result<()> {
+    let name = stream.cached_info().config.name.clone();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("creating the replay consumer of {name}"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .with_context(|| format!("reading {name}"))?;
+    let mut events = Vec::with_capacity(batch);
+    let mut idle = 0;
+    loop {
+        let next = match tokio::time::timeout(IDLE, messages.next()).await {
+            Ok(next) => next,
+            Err(_) if idle < MAX_IDLE => {
+                // Nothing for a while: flush what there is, which also beats.
+                idle += 1;
+                apply_batch(db, rebuild, &events, None).await?;
+                events.clear();
+                continue;
+            }
+            Err(_) => bail!("{name} stopped delivering before the replay was complete"),
+        };
+        idle = 0;
+        let message = match next {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(e).with_context(|| format!("reading {name}")),
+            None => bail!("{name} ended before the replay was complete"),
+        };
+        let (sequence, pending) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.pending),
+            Err(e) => bail!("a replayed message has no stream position: {e}"),
+        };
+        match Envelope::from_json(&message.payload) {
+            Ok(env) if projection::is_event(&env.body) => events.push(env),
+            Ok(env) => tracing::warn!(
+                stream = %name,
+                sequence,
+                kind = env.body.type_name(),
+                "not an event; skipped"
+            ),
+            Err(e) => tracing::warn!(
+                stream = %name,
+                sequence,
+                subject = %message.subject,
+                error = %e,
+                "unreadable or unknown event; skipped"
+            ),
+        }
+        // Pending 0: the stream holds nothing more (the target may have been removed).
+        let done = sequence >= target || pending == 0;
+        if events.len() >= batch || done {
+            apply_batch(db, rebuild, &events, Some(done_before + sequence)).await?;
+            events.clear();
+        }
+        if done {
+            return Ok(());
+        }
+    }
 }

@@ -135,14 +135,18 @@ impl App {
         .await
     }
 
-    /// Waits until the consumer has applied everything in the stream.
+    /// Waits until the consumers have applied everything in the event streams.
     async fn wait_caught_up(&self) -> Value {
-        eventually("the list to catch up with the stream", WAIT, || async {
+        eventually("the list to catch up with the streams", WAIT, || async {
             let (status, lag) = self.get("/bookingLists/lag", Caller::Nobody).await;
-            (status == StatusCode::OK
-                && lag["pending"] == 0
-                && lag["appliedSequence"] == lag["streamLastSequence"])
-                .then_some(lag)
+            let streams = lag["streams"].as_array()?;
+            let each_applied = streams
+                .iter()
+                .all(|s| s["pending"] == 0 && s["appliedSequence"] == s["streamLastSequence"]);
+            (status == StatusCode::OK && lag["pending"] == 0 && lag["caughtUp"] == true)
+                .then_some(())?;
+            assert!(each_applied, "caught up, yet a stream is behind: {lag}");
+            Some(lag)
         })
         .await
     }
@@ -486,9 +490,13 @@ async fn unknown_and_unreadable_events_are_skipped_and_the_list_goes_on() {
         .await;
     assert_eq!(row["versions"]["booking"], 1);
     let lag = app.wait_caught_up().await;
-    assert_eq!(lag["streamLastSequence"], 3);
-    assert_eq!(lag["stream"], "ROOMBOOK_EVENTS");
-    assert_eq!(lag["consumer"], "bookinglist");
+    let streams = lag["streams"].as_array().unwrap();
+    assert_eq!(streams.len(), 2, "{lag}");
+    assert_eq!(streams[0]["stream"], "ROOMBOOK_EVENTS");
+    assert_eq!(streams[0]["consumer"], "bookinglist");
+    assert_eq!(streams[0]["streamLastSequence"], 3);
+    assert_eq!(streams[1]["stream"], "ROOMBOOK_SAGA_EVENTS");
+    assert_eq!(streams[1]["consumer"], "bookinglist-saga");
     // The same figures as Prometheus gauges (their values are process-wide, and this test
     // process runs several services at once, so only their presence is checked).
     eventually("the lag gauges", WAIT, || async {
@@ -682,7 +690,9 @@ async fn a_rebuild_replays_the_stream_into_the_same_rows_and_swaps_them_in() {
     .await;
     assert_eq!(done["state"], "SUCCEEDED", "{done}");
     assert_eq!(done["generation"], 2);
+    // Seven events in the participants' stream, two in the saga's.
     assert_eq!(done["targetSequence"], 9);
+    assert_eq!(done["replayedSequence"], 9);
     assert_eq!(done["events"], 8, "the unknown message is skipped");
     assert_eq!(app.all_rows().await, live);
 

@@ -2,11 +2,15 @@
 //!
 //! | stream | subjects | retention | holds |
 //! |---|---|---|---|
-//! | `ROOMBOOK_EVENTS` | `roombook.events.{source}.{bookingId}.{Type}` | limits (kept for replay) | facts from `booking`, `confirm`, `saga` |
+//! | `ROOMBOOK_EVENTS` | `roombook.events.{booking,confirm}.{bookingId}.{Type}` | limits (kept for replay) | the participants' facts |
+//! | `ROOMBOOK_SAGA_EVENTS` | `roombook.events.saga.{bookingId}.SagaStateChanged` | limits (kept for replay) | the orchestrator's facts |
 //! | `ROOMBOOK_COMMANDS` | `roombook.commands.{participant}.{bookingId}.{Type}` | work queue | requests to `booking` or `confirm` |
 //! | `ROOMBOOK_DEAD_LETTERS` | `roombook.dlq.{consumer}` | limits | messages a consumer parked |
 //!
 //! Each subject carries the booking id, so one booking's history is `roombook.*.*.{bookingId}.>`.
+//!
+//! The saga's facts have a stream of their own so that the orchestrator and notification, which
+//! never read them, are not delivered them: only the booking list reads both event streams.
 
 use std::time::Duration;
 
@@ -16,6 +20,9 @@ use async_nats::jetstream::{self, consumer::pull, stream};
 use crate::contract::{Body, Envelope};
 
 pub const EVENTS_STREAM: &str = "ROOMBOOK_EVENTS";
+pub const SAGA_EVENTS_STREAM: &str = "ROOMBOOK_SAGA_EVENTS";
+/// Every stream of events (facts), in the order a replay reads them.
+pub const EVENT_STREAMS: [&str; 2] = [EVENTS_STREAM, SAGA_EVENTS_STREAM];
 pub const COMMANDS_STREAM: &str = "ROOMBOOK_COMMANDS";
 pub const DEAD_LETTER_STREAM: &str = "ROOMBOOK_DEAD_LETTERS";
 
@@ -65,28 +72,30 @@ pub fn subject_for(env: &Envelope) -> String {
 /// A durable pull consumer: its name, its stream, what the server delivers to it and which of
 /// those its handler applies.
 ///
-/// Consumers of the event stream are delivered the whole stream and pass over (acknowledge
-/// unread) what they do not handle. Asking the server to select instead costs it far more:
-/// every subject carries a booking id, so the stream holds about one subject per message, and
-/// a consumer with several filters makes the server intersect that whole subject tree with its
-/// filters on every look-up once it is a few messages behind.
+/// Consumers of an event stream are delivered the whole stream (no filter) and pass over
+/// (acknowledge unread) what they do not handle. Asking the server to select instead costs it
+/// far more: every subject carries a booking id, so the stream holds about one subject per
+/// message, and a filtered consumer makes the server search that subject tree on look-ups
+/// once it is a few messages behind.
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
     pub durable: &'static str,
     pub stream: &'static str,
-    /// What the server delivers: one filter (the whole stream, or one participant's commands).
+    /// What the server delivers: empty for the whole stream, else one filter (one
+    /// participant's commands).
     pub filter_subject: String,
     /// The subjects the handler applies; every other delivery is acknowledged unread.
     pub handles: Vec<String>,
 }
 
 impl ConsumerSpec {
-    /// The orchestrator follows the participants' events.
+    /// The orchestrator follows the participants' events (the saga's own events, which an
+    /// earlier version kept in the same stream, are passed over).
     pub fn orchestrator() -> Self {
         ConsumerSpec {
             durable: "orchestrator",
             stream: EVENTS_STREAM,
-            filter_subject: format!("{EVENTS_PREFIX}.>"),
+            filter_subject: String::new(),
             handles: vec![
                 format!("{EVENTS_PREFIX}.booking.>"),
                 format!("{EVENTS_PREFIX}.confirm.>"),
@@ -95,13 +104,13 @@ impl ConsumerSpec {
     }
 
     /// The notification service takes the events it mails about (the booking's own status
-    /// changes, and the approval request for the admins) and no others: the saga's and the
-    /// confirm's other events would only be recorded as seen.
+    /// changes, and the approval request for the admins) and no others: the confirm's other
+    /// events would only be recorded as seen.
     pub fn notification() -> Self {
         ConsumerSpec {
             durable: "notification",
             stream: EVENTS_STREAM,
-            filter_subject: format!("{EVENTS_PREFIX}.>"),
+            filter_subject: String::new(),
             handles: vec![
                 format!("{EVENTS_PREFIX}.booking.>"),
                 format!("{EVENTS_PREFIX}.confirm.*.ConfirmRequested"),
@@ -117,14 +126,41 @@ impl ConsumerSpec {
             .any(|filter| subject_matches(filter, subject))
     }
 
-    /// The booking list follows every event (to keep its read model).
+    /// Whether the server delivers messages published on `subject` to this consumer.
+    pub fn delivers(&self, subject: &str) -> bool {
+        if self.filter_subject.is_empty() {
+            stream_subjects(self.stream)
+                .iter()
+                .any(|s| subject_matches(s, subject))
+        } else {
+            subject_matches(&self.filter_subject, subject)
+        }
+    }
+
+    /// The booking list follows every event (to keep its read model): the participants' with
+    /// this consumer, the saga's with [`ConsumerSpec::bookinglist_saga`].
     pub fn bookinglist() -> Self {
         ConsumerSpec {
             durable: "bookinglist",
             stream: EVENTS_STREAM,
-            filter_subject: format!("{EVENTS_PREFIX}.>"),
+            filter_subject: String::new(),
             handles: vec![format!("{EVENTS_PREFIX}.>")],
         }
+    }
+
+    /// The booking list's consumer of the saga's events.
+    pub fn bookinglist_saga() -> Self {
+        ConsumerSpec {
+            durable: "bookinglist-saga",
+            stream: SAGA_EVENTS_STREAM,
+            filter_subject: String::new(),
+            handles: vec![format!("{EVENTS_PREFIX}.saga.>")],
+        }
+    }
+
+    /// The booking list's consumers, one per event stream (in [`EVENT_STREAMS`] order).
+    pub fn bookinglist_all() -> [Self; 2] {
+        [Self::bookinglist(), Self::bookinglist_saga()]
     }
 
     /// The booking service takes the commands addressed to it.
@@ -162,28 +198,38 @@ impl ConsumerSpec {
     }
 }
 
-/// Declares (or updates) the three streams. Safe to run at every start, from every replica.
+/// The subjects a stream holds.
+pub fn stream_subjects(stream: &str) -> Vec<String> {
+    match stream {
+        EVENTS_STREAM => vec![
+            format!("{EVENTS_PREFIX}.booking.>"),
+            format!("{EVENTS_PREFIX}.confirm.>"),
+        ],
+        SAGA_EVENTS_STREAM => vec![format!("{EVENTS_PREFIX}.saga.>")],
+        COMMANDS_STREAM => vec![format!("{COMMANDS_PREFIX}.>")],
+        DEAD_LETTER_STREAM => vec![format!("{DEAD_LETTER_PREFIX}.>")],
+        _ => Vec::new(),
+    }
+}
+
+/// Declares (or updates) the streams. Safe to run at every start, from every replica.
+///
+/// `ROOMBOOK_EVENTS` is declared first: a stream declared by an earlier version took every
+/// event subject, and must give up the saga's before `ROOMBOOK_SAGA_EVENTS` may take them (the
+/// saga events it already holds stay there and are still replayed).
 pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> anyhow::Result<()> {
     let streams = [
-        stream::Config {
-            name: EVENTS_STREAM.into(),
-            subjects: vec![format!("{EVENTS_PREFIX}.>")],
-            retention: stream::RetentionPolicy::Limits,
-            ..Default::default()
-        },
-        stream::Config {
-            name: COMMANDS_STREAM.into(),
-            subjects: vec![format!("{COMMANDS_PREFIX}.>")],
-            retention: stream::RetentionPolicy::WorkQueue,
-            ..Default::default()
-        },
-        stream::Config {
-            name: DEAD_LETTER_STREAM.into(),
-            subjects: vec![format!("{DEAD_LETTER_PREFIX}.>")],
-            retention: stream::RetentionPolicy::Limits,
-            ..Default::default()
-        },
-    ];
+        (EVENTS_STREAM, stream::RetentionPolicy::Limits),
+        (SAGA_EVENTS_STREAM, stream::RetentionPolicy::Limits),
+        (COMMANDS_STREAM, stream::RetentionPolicy::WorkQueue),
+        (DEAD_LETTER_STREAM, stream::RetentionPolicy::Limits),
+    ]
+    .map(|(name, retention)| stream::Config {
+        name: name.into(),
+        subjects: stream_subjects(name),
+        retention,
+        ..Default::default()
+    });
     for config in streams {
         let name = config.name.clone();
         let config = stream::Config {
@@ -276,49 +322,143 @@ mod tests {
         );
     }
 
+    /// One subject per message type, as `subject_for` names them.
+    fn sample_subjects() -> Vec<String> {
+        let owners = [
+            (
+                "events.booking",
+                &["BookingCreated", "BookingConfirmed", "BookingCancelled"][..],
+            ),
+            (
+                "events.confirm",
+                &[
+                    "ConfirmRequested",
+                    "ConfirmCompleted",
+                    "ConfirmDenied",
+                    "ConfirmClosed",
+                    "ConfirmExpired",
+                ][..],
+            ),
+            ("events.saga", &["SagaStateChanged"][..]),
+            (
+                "commands.confirm",
+                &["RequestConfirm", "DeleteConfirm", "ExpireConfirm"][..],
+            ),
+            ("commands.booking", &["ConfirmBooking", "CancelBooking"][..]),
+        ];
+        let booking = Uuid::new_v4();
+        let subjects: Vec<String> = owners
+            .iter()
+            .flat_map(|(owner, types)| {
+                types
+                    .iter()
+                    .map(move |t| format!("roombook.{owner}.{booking}.{t}"))
+            })
+            .collect();
+        let mut covered: Vec<&str> = subjects.iter().map(|s| Body::type_of_subject(s)).collect();
+        covered.sort_unstable();
+        let mut all = Body::TYPE_NAMES.to_vec();
+        all.sort_unstable();
+        assert_eq!(covered, all, "one sample subject per message type");
+        subjects
+    }
+
     #[test]
-    fn event_consumers_are_delivered_the_whole_stream_and_pick_in_the_handler() {
+    fn every_subject_belongs_to_exactly_one_stream() {
+        let streams = [
+            EVENTS_STREAM,
+            SAGA_EVENTS_STREAM,
+            COMMANDS_STREAM,
+            DEAD_LETTER_STREAM,
+        ];
+        for subject in sample_subjects() {
+            let holders: Vec<_> = streams
+                .iter()
+                .filter(|s| {
+                    stream_subjects(s)
+                        .iter()
+                        .any(|f| subject_matches(f, &subject))
+                })
+                .collect();
+            assert_eq!(holders.len(), 1, "{subject}: {holders:?}");
+            let expected = if subject.contains(".events.saga.") {
+                SAGA_EVENTS_STREAM
+            } else if subject.contains(".events.") {
+                EVENTS_STREAM
+            } else {
+                COMMANDS_STREAM
+            };
+            assert_eq!(*holders[0], expected, "{subject}");
+        }
+    }
+
+    #[test]
+    fn event_consumers_are_delivered_whole_streams_and_pick_in_the_handler() {
+        let subjects = sample_subjects();
+        let taken_by = |spec: &ConsumerSpec| -> Vec<&'static str> {
+            subjects
+                .iter()
+                .filter(|s| spec.takes(s))
+                .map(|s| Body::type_of_subject(s))
+                .collect()
+        };
         let all = [
             ConsumerSpec::orchestrator(),
             ConsumerSpec::notification(),
             ConsumerSpec::bookinglist(),
+            ConsumerSpec::bookinglist_saga(),
             ConsumerSpec::booking_commands(),
             ConsumerSpec::confirm_commands(),
         ];
-        let booking = Uuid::new_v4();
-        let saga_event = subject_for(&Envelope::new(
-            booking,
-            booking,
-            1,
-            Body::SagaStateChanged(SagaStateChanged {
-                state: "STARTED".into(),
-                previous_state: None,
-            }),
-        ));
-        for spec in all {
-            // One filter each; on the event stream it must be the stream's own subject (several
-            // filters, or a narrower one, make the server search its subject index).
-            if spec.stream == EVENTS_STREAM {
-                assert_eq!(
-                    spec.filter_subject,
-                    format!("{EVENTS_PREFIX}.>"),
-                    "{spec:?}"
-                );
-            } else {
-                assert!(spec.filter_subject.starts_with(COMMANDS_PREFIX), "{spec:?}");
+        for spec in &all {
+            // A filter on an event stream makes the server search its subject index.
+            if EVENT_STREAMS.contains(&spec.stream) {
+                assert_eq!(spec.filter_subject, "", "{spec:?}");
             }
-            let picks = spec
-                .handles
-                .iter()
-                .all(|h| subject_matches(&spec.filter_subject, &h.replace(['*', '>'], "x")));
-            assert!(picks, "{spec:?} handles subjects it is never delivered");
-            assert_eq!(
-                spec.takes(&saga_event),
-                spec.durable == "bookinglist",
-                "{}",
-                spec.durable
-            );
+            // No handled pattern is dead: each takes something the consumer is delivered.
+            for handle in &spec.handles {
+                assert!(
+                    subjects
+                        .iter()
+                        .any(|s| spec.delivers(s) && subject_matches(handle, s)),
+                    "{} handles {handle}, which it is never delivered",
+                    spec.durable
+                );
+            }
         }
+        let participants_events = [
+            "BookingCreated",
+            "BookingConfirmed",
+            "BookingCancelled",
+            "ConfirmRequested",
+            "ConfirmCompleted",
+            "ConfirmDenied",
+            "ConfirmClosed",
+            "ConfirmExpired",
+        ];
+        assert_eq!(taken_by(&all[0]), participants_events);
+        assert_eq!(
+            taken_by(&all[1]),
+            [
+                "BookingCreated",
+                "BookingConfirmed",
+                "BookingCancelled",
+                "ConfirmRequested"
+            ]
+        );
+        // The booking list's two consumers are delivered every event once between them.
+        for subject in subjects.iter().filter(|s| s.contains(".events.")) {
+            let delivered = ConsumerSpec::bookinglist_all()
+                .iter()
+                .filter(|spec| spec.delivers(subject) && spec.takes(subject))
+                .count();
+            assert_eq!(delivered, 1, "{subject}");
+        }
+        assert_eq!(taken_by(&all[4]), ["ConfirmBooking", "CancelBooking"]);
+        assert_eq!(
+            taken_by(&all[5]),
+            ["RequestConfirm", "DeleteConfirm", "ExpireConfirm"]
+        );
     }
 
     #[test]

@@ -174,15 +174,27 @@ async fn a_failing_message_in_a_batch_is_handled_alone_and_the_rest_apply_once()
     task.await.unwrap();
 }
 
-/// A rolling upgrade: the durable consumer exists with the two filters an earlier version gave
-/// it; declaring it again at start-up moves it to the whole stream, and the consumer applies
-/// what its handler takes and acknowledges the rest unread.
+/// A rolling upgrade from a version that kept every event in one stream and gave the
+/// notification consumer two filters: declaring the streams again moves the saga's subjects to
+/// their own stream (what the old stream holds stays), declaring the consumer again moves it to
+/// the whole stream, and the consumer applies what its handler takes and acknowledges the rest
+/// unread, the saga event left in the old stream among them.
 #[tokio::test]
-async fn a_consumer_declared_with_filters_before_takes_the_stream_and_passes_over_the_rest() {
+async fn an_earlier_single_event_stream_and_filtered_consumer_are_moved_and_read_through() {
     roombook_platform::metrics::handle(); // record from the start
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let (db, js) = connect(&dir, &nats).await;
+    for stream in [topology::SAGA_EVENTS_STREAM, topology::EVENTS_STREAM] {
+        js.delete_stream(stream).await.unwrap();
+    }
+    js.create_stream(jetstream::stream::Config {
+        name: topology::EVENTS_STREAM.into(),
+        subjects: vec![format!("{}.>", topology::EVENTS_PREFIX)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let current = ConsumerSpec::notification();
     let earlier = jetstream::consumer::pull::Config {
         filter_subject: String::new(),
@@ -195,31 +207,51 @@ async fn a_consumer_declared_with_filters_before_takes_the_stream_and_passes_ove
     js.create_consumer_on_stream(earlier, topology::EVENTS_STREAM)
         .await
         .unwrap();
+
+    let booking = Uuid::new_v4();
+    let publish = |version, body| {
+        let js = js.clone();
+        async move {
+            let env = Envelope::new(booking, booking, version, body);
+            js.publish(topology::subject_for(&env), env.to_json().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+                .stream
+        }
+    };
+    let saga_event = |state: &str| {
+        Body::SagaStateChanged(roombook_platform::contract::SagaStateChanged {
+            state: state.into(),
+            previous_state: None,
+        })
+    };
+    // Before the upgrade, the saga's event lands in the one event stream.
+    publish(1, Body::BookingConfirmed(BookingConfirmed {})).await;
+    assert_eq!(
+        publish(2, saga_event("CONFIRMING")).await,
+        topology::EVENTS_STREAM
+    );
+
+    topology::ensure_streams(&js, 1).await.unwrap();
     let mut consumer = topology::ensure_consumer(&js, &current).await.unwrap();
     let info = consumer.info().await.unwrap().clone();
-    assert_eq!(info.config.filter_subject, current.filter_subject);
+    assert_eq!(info.config.filter_subject, "");
     assert!(info.config.filter_subjects.is_empty(), "{info:?}");
+    // After it, the saga's events have their own stream.
+    assert_eq!(
+        publish(3, saga_event("COMPLETED")).await,
+        topology::SAGA_EVENTS_STREAM
+    );
+    let confirm_completed = Body::ConfirmCompleted(roombook_platform::contract::ConfirmDecided {
+        confirm_id: Uuid::new_v4(),
+        confirm_user_id: "admin".into(),
+        reason: None,
+    });
+    assert_eq!(publish(4, confirm_completed).await, topology::EVENTS_STREAM);
+    publish(6, Body::BookingConfirmed(BookingConfirmed {})).await;
 
-    // Booking events (applied) around a saga event (not the notification's).
-    let booking = Uuid::new_v4();
-    for (version, body) in [
-        (1, Body::BookingConfirmed(BookingConfirmed {})),
-        (
-            2,
-            Body::SagaStateChanged(roombook_platform::contract::SagaStateChanged {
-                state: "COMPLETED".into(),
-                previous_state: None,
-            }),
-        ),
-        (3, Body::BookingConfirmed(BookingConfirmed {})),
-    ] {
-        let env = Envelope::new(booking, booking, version, body);
-        js.publish(topology::subject_for(&env), env.to_json().into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-    }
     let cancel = CancellationToken::new();
     let task = tokio::spawn(consumer::run(
         db.clone(),
@@ -233,21 +265,21 @@ async fn a_consumer_declared_with_filters_before_takes_the_stream_and_passes_ove
         let mut consumer = consumer.clone();
         async move {
             let info = consumer.info().await.ok()?.clone();
-            (info.ack_floor.stream_sequence == 3 && info.num_ack_pending == 0).then_some(())
+            (info.ack_floor.stream_sequence == 4 && info.num_ack_pending == 0).then_some(())
         }
     })
     .await;
-    assert_eq!(applied(&db).await, [1, 3]);
+    assert_eq!(applied(&db).await, [1, 6]);
     let metrics = roombook_platform::metrics::handle().render();
-    let skipped = metrics.lines().find(|l| {
-        l.starts_with("roombook_messages_consumed_total")
-            && l.contains(r#"consumer="notification""#)
-            && l.contains(r#"outcome="skipped""#)
-    });
-    assert!(
-        skipped.is_some_and(|l| l.contains(r#"type="SagaStateChanged""#) && l.ends_with(" 1")),
-        "{metrics}"
-    );
+    for skipped_type in ["SagaStateChanged", "ConfirmCompleted"] {
+        let skipped = metrics.lines().find(|l| {
+            l.starts_with("roombook_messages_consumed_total")
+                && l.contains(r#"consumer="notification""#)
+                && l.contains(r#"outcome="skipped""#)
+                && l.contains(&format!(r#"type="{skipped_type}""#))
+        });
+        assert!(skipped.is_some_and(|l| l.ends_with(" 1")), "{metrics}");
+    }
 
     cancel.cancel();
     task.await.unwrap();
