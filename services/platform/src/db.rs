@@ -22,6 +22,9 @@ use crate::sqlite_writer::SqliteWriter;
 /// How often the SQLite log is checkpointed (see [`checkpoint_regularly`]).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
+/// The size the write-ahead log is cut back to when it starts over (bytes).
+const WAL_SIZE_LIMIT: &str = "67108864";
+
 /// How long a writer waits for its turn (and for a lock another process holds) before giving
 /// up.
 const WRITE_WAIT: Duration = Duration::from_secs(10);
@@ -136,12 +139,16 @@ impl Db {
                     .foreign_keys(true)
                     // Nor copy the log into the file on commit (that ends in an fsync): a reader
                     // connection does it in the background, on sqlx's thread.
-                    .pragma("wal_autocheckpoint", "0");
+                    .pragma("wal_autocheckpoint", "0")
+                    // A log grown larger (by a burst, or by an earlier version) is cut back to
+                    // this when it starts over.
+                    .pragma("journal_size_limit", WAL_SIZE_LIMIT);
                 let writer = SqliteWriter::open(&options)
                     .await
                     .context("opening the database's write connection")?;
-                tokio::spawn(checkpoint_regularly(pool.clone()));
-                Some(Arc::new(Mutex::new(writer)))
+                let writer = Arc::new(Mutex::new(writer));
+                tokio::spawn(checkpoint_regularly(pool.clone(), Arc::clone(&writer)));
+                Some(writer)
             }
             Backend::Postgres => None,
         };
@@ -203,28 +210,50 @@ impl Db {
         }
     }
 
+    /// SQLite: checkpoints the write-ahead log now, as the background task does regularly (see
+    /// [`checkpoint`]); nothing on PostgreSQL.
+    pub async fn checkpoint(&self) -> Result<(), sqlx::Error> {
+        match &self.writer {
+            Some(writer) => checkpoint(&self.pool, writer).await,
+            None => Ok(()),
+        }
+    }
+
     /// True when the database answers a trivial query.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 }
 
-/// Copies SQLite's write-ahead log into the database file every [`CHECKPOINT_EVERY`], as far as
-/// readers allow (`PASSIVE`: it never waits for them), until the pool closes.
-async fn checkpoint_regularly(pool: AnyPool) {
+/// Checkpoints SQLite's write-ahead log every [`CHECKPOINT_EVERY`] (see [`checkpoint`]) until
+/// the pool closes.
+async fn checkpoint_regularly(pool: AnyPool, writer: Arc<Mutex<SqliteWriter>>) {
     let mut every = tokio::time::interval(CHECKPOINT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !pool.is_closed() {
         every.tick().await;
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-        {
+        if let Err(e) = checkpoint(&pool, &writer).await {
             if !pool.is_closed() {
                 tracing::warn!(error = %e, "SQLite checkpoint failed");
             }
         }
     }
+}
+
+/// Copies the write-ahead log into the database file, on a reader connection (sqlx's thread,
+/// where its fsync may block): first beside the writer, then, while the writer waits its turn,
+/// the few frames written meanwhile. The log is then wholly copied, so the next write
+/// transaction starts it over from its beginning. SQLite only does that when a write begins
+/// with nothing left to copy, which a checkpoint beside a steady stream of writes never
+/// achieves: the log would grow without bound, each write extending the file and each read
+/// searching a longer index.
+async fn checkpoint(pool: &AnyPool, writer: &Mutex<SqliteWriter>) -> Result<(), sqlx::Error> {
+    // PASSIVE: never waits for readers; the write lock is not needed while the writer waits.
+    const CHECKPOINT: &str = "PRAGMA wal_checkpoint(PASSIVE)";
+    sqlx::query(CHECKPOINT).execute(pool).await?;
+    let _turn = writer.lock().await;
+    sqlx::query(CHECKPOINT).execute(pool).await?;
+    Ok(())
 }
 
 /// A write transaction (see [`Db::begin`]). Statements run on it as on a pool
