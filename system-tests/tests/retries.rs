@@ -177,6 +177,19 @@ async fn an_admin_retry_sends_a_stuck_sagas_command_again_and_the_saga_goes_on(
     // Stuck means given up: no further attempt is scheduled.
     assert_eq!(stuck["attempts"], 6);
     assert!(stuck.get("nextRetryAt").is_none(), "{stuck}");
+    // The six requests were lost (dropped from the stream before anyone took them): were they
+    // still queued, confirm would answer them when it returns, racing the admin's retry.
+    let js = stack.jetstream().await;
+    eventually("the six requests to be queued", WAIT, || async {
+        (commands_waiting(&js).await == 6).then_some(())
+    })
+    .await;
+    js.get_stream(topology::COMMANDS_STREAM)
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
     stack.start_confirm().await;
 
     let (status, body) = admin_operation(&stack, &id, "retry").await;
