@@ -9,11 +9,12 @@ use axum::{
     http::{header, request::Parts, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
+    serve::{ListenerExt as _, TapIo},
     Json, Router,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -397,6 +398,20 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)>
     Ok((listener, local))
 }
 
+/// Sets `TCP_NODELAY` on every accepted connection (`axum::serve` leaves Nagle's algorithm on).
+/// A streamed answer (the live feeds, an event stream passed on by the gateway) is many small
+/// writes on one connection: with Nagle on, each waits until the previous one is acknowledged,
+/// and the peer holds that acknowledgement back for up to 40 ms when it has nothing to send.
+pub fn without_nagle(listener: TcpListener) -> TapIo<TcpListener, fn(&mut TcpStream)> {
+    listener.tap_io(set_nodelay)
+}
+
+fn set_nodelay(tcp: &mut TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+    }
+}
+
 /// Serves `router` until `cancel` fires, then lets requests in flight finish.
 pub async fn serve(
     listener: TcpListener,
@@ -404,7 +419,7 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     axum::serve(
-        listener,
+        without_nagle(listener),
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move { cancel.cancelled().await })
@@ -414,7 +429,18 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    use axum::serve::Listener as _;
+
     use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_send_small_writes_without_waiting() {
+        let (listener, addr) = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
+        let mut listener = without_nagle(listener);
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await;
+        assert!(accepted.nodelay().unwrap());
+    }
 
     #[test]
     fn paging_defaults_and_bounds() {
