@@ -22,8 +22,16 @@ use crate::sqlite_writer::SqliteWriter;
 /// How often the SQLite log is checkpointed (see [`checkpoint_regularly`]).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
-/// The size the write-ahead log is cut back to when it starts over (bytes).
-const WAL_SIZE_LIMIT: &str = "67108864";
+/// Frames (pages) the write-ahead log may hold before a regular checkpoint makes it start over
+/// (about 64 MiB of 4 KiB pages). Starting it over takes the writer's turn for as long as the
+/// last frames take to copy and sync, a few to tens of milliseconds that every write waits
+/// out, so it is done when the log has grown this far rather than at every checkpoint.
+const RESTART_LOG_AT_FRAMES: i64 = 16_384;
+
+/// The size the write-ahead log is cut back to when it starts over (bytes): above what it
+/// reaches between two starts, so the file's blocks are reused rather than freed and taken
+/// again.
+const WAL_SIZE_LIMIT: &str = "134217728";
 
 /// How long a writer waits for its turn (and for a lock another process holds) before giving
 /// up.
@@ -211,10 +219,10 @@ impl Db {
     }
 
     /// SQLite: checkpoints the write-ahead log now, as the background task does regularly (see
-    /// [`checkpoint`]); nothing on PostgreSQL.
-    pub async fn checkpoint(&self) -> Result<(), sqlx::Error> {
+    /// [`checkpoint`]), making the log start over as `restart` says; nothing on PostgreSQL.
+    pub async fn checkpoint(&self, restart: LogRestart) -> Result<(), sqlx::Error> {
         match &self.writer {
-            Some(writer) => checkpoint(&self.pool, writer).await,
+            Some(writer) => checkpoint(&self.pool, writer, restart).await,
             None => Ok(()),
         }
     }
@@ -225,14 +233,24 @@ impl Db {
     }
 }
 
-/// Checkpoints SQLite's write-ahead log every [`CHECKPOINT_EVERY`] (see [`checkpoint`]) until
-/// the pool closes.
+/// When a checkpoint makes SQLite's write-ahead log start over (see [`checkpoint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogRestart {
+    /// Every time: the log ends wholly copied.
+    Always,
+    /// Once the log holds at least this many frames.
+    Beyond(i64),
+}
+
+/// Checkpoints SQLite's write-ahead log every [`CHECKPOINT_EVERY`] (see [`checkpoint`]),
+/// starting it over beyond [`RESTART_LOG_AT_FRAMES`], until the pool closes.
 async fn checkpoint_regularly(pool: AnyPool, writer: Arc<Mutex<SqliteWriter>>) {
     let mut every = tokio::time::interval(CHECKPOINT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let restart = LogRestart::Beyond(RESTART_LOG_AT_FRAMES);
     while !pool.is_closed() {
         every.tick().await;
-        if let Err(e) = checkpoint(&pool, &writer).await {
+        if let Err(e) = checkpoint(&pool, &writer, restart).await {
             if !pool.is_closed() {
                 tracing::warn!(error = %e, "SQLite checkpoint failed");
             }
@@ -241,16 +259,26 @@ async fn checkpoint_regularly(pool: AnyPool, writer: Arc<Mutex<SqliteWriter>>) {
 }
 
 /// Copies the write-ahead log into the database file, on a reader connection (sqlx's thread,
-/// where its fsync may block): first beside the writer, then, while the writer waits its turn,
-/// the few frames written meanwhile. The log is then wholly copied, so the next write
-/// transaction starts it over from its beginning. SQLite only does that when a write begins
-/// with nothing left to copy, which a checkpoint beside a steady stream of writes never
-/// achieves: the log would grow without bound, each write extending the file and each read
-/// searching a longer index.
-async fn checkpoint(pool: &AnyPool, writer: &Mutex<SqliteWriter>) -> Result<(), sqlx::Error> {
+/// where its fsync may block): first beside the writer; then, if `restart` asks for it, while
+/// the writer waits its turn, the frames written meanwhile. The log is then wholly copied, so
+/// the next write transaction starts it over from its beginning. SQLite only does that when a
+/// write begins with nothing left to copy, which a checkpoint beside a steady stream of writes
+/// never achieves: the log would grow without bound, each write extending the file and each
+/// read searching a longer index.
+async fn checkpoint(
+    pool: &AnyPool,
+    writer: &Mutex<SqliteWriter>,
+    restart: LogRestart,
+) -> Result<(), sqlx::Error> {
     // PASSIVE: never waits for readers; the write lock is not needed while the writer waits.
+    // Its row is (busy, frames in the log, frames copied).
     const CHECKPOINT: &str = "PRAGMA wal_checkpoint(PASSIVE)";
-    sqlx::query(CHECKPOINT).execute(pool).await?;
+    let frames: i64 = sqlx::Row::try_get(&sqlx::query(CHECKPOINT).fetch_one(pool).await?, 1)?;
+    if let LogRestart::Beyond(limit) = restart {
+        if frames < limit {
+            return Ok(());
+        }
+    }
     let _turn = writer.lock().await;
     sqlx::query(CHECKPOINT).execute(pool).await?;
     Ok(())

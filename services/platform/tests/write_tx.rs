@@ -4,7 +4,7 @@
 //! errors recognisable, rollback when dropped, and writers taking turns.
 
 use roombook_platform::{
-    db::{self, Db, Migrations},
+    db::{self, Db, LogRestart, Migrations},
     testkit::{TestBackend, TestDatabases},
 };
 use sqlx::Row as _;
@@ -320,7 +320,7 @@ async fn the_sqlite_log_starts_over_after_a_checkpoint_taken_while_writes_go_on(
             n
         }
     });
-    db.checkpoint().await.unwrap();
+    db.checkpoint(LogRestart::Always).await.unwrap();
     stop.store(true, Ordering::Relaxed);
     let during = writes.await.unwrap();
     write_once(&db, 0).await;
@@ -331,4 +331,43 @@ async fn the_sqlite_log_starts_over_after_a_checkpoint_taken_while_writes_go_on(
         "{frames} frames in the log after {BEFORE} writes, a checkpoint beside {during} more, \
          and one more write"
     );
+}
+
+/// A regular checkpoint takes the writer's turn (to make the log start over) only once the log
+/// holds its limit of frames: below it, an open write transaction does not hold it up, so
+/// writers are not kept waiting at every checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_waits_for_the_writer_only_when_the_log_is_beyond_its_limit() {
+    use std::time::Duration;
+    let dbs = TestDatabases::new(TestBackend::Sqlite);
+    let db = open(&dbs).await;
+    sqlx::query("INSERT INTO items (id, name) VALUES (1, 'counter')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    for n in 0..50 {
+        write_once(&db, n).await;
+    }
+
+    let open_tx = db.begin().await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        db.checkpoint(LogRestart::Beyond(1_000_000)),
+    )
+    .await
+    .expect("below its limit the checkpoint does not wait for the open write transaction")
+    .unwrap();
+
+    let mut beyond = tokio::spawn({
+        let db = db.clone();
+        async move { db.checkpoint(LogRestart::Beyond(1)).await }
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut beyond)
+            .await
+            .is_err(),
+        "beyond its limit the checkpoint waits for the open write transaction"
+    );
+    drop(open_tx);
+    beyond.await.unwrap().unwrap();
 }
