@@ -276,6 +276,19 @@ async fn frames_in_log(db: &Db) -> i64 {
         .get(1)
 }
 
+/// A database with one row, rewritten `times` times (a log of at least as many frames).
+async fn counter_written(dbs: &TestDatabases, times: usize) -> Db {
+    let db = open(dbs).await;
+    sqlx::query("INSERT INTO items (id, name) VALUES (1, 'counter')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    for n in 0..times {
+        write_once(&db, n).await;
+    }
+    db
+}
+
 async fn write_once(db: &Db, n: usize) {
     let mut tx = db.begin().await.unwrap();
     sqlx::query("UPDATE items SET note = $1 WHERE id = 1")
@@ -298,14 +311,7 @@ async fn the_sqlite_log_starts_over_after_a_checkpoint_taken_while_writes_go_on(
     };
     const BEFORE: usize = 1000;
     let dbs = TestDatabases::new(TestBackend::Sqlite);
-    let db = open(&dbs).await;
-    sqlx::query("INSERT INTO items (id, name) VALUES (1, 'counter')")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    for n in 0..BEFORE {
-        write_once(&db, n).await;
-    }
+    let db = counter_written(&dbs, BEFORE).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let writes = tokio::spawn({
@@ -340,14 +346,7 @@ async fn the_sqlite_log_starts_over_after_a_checkpoint_taken_while_writes_go_on(
 async fn a_checkpoint_waits_for_the_writer_only_when_the_log_is_beyond_its_limit() {
     use std::time::Duration;
     let dbs = TestDatabases::new(TestBackend::Sqlite);
-    let db = open(&dbs).await;
-    sqlx::query("INSERT INTO items (id, name) VALUES (1, 'counter')")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    for n in 0..50 {
-        write_once(&db, n).await;
-    }
+    let db = counter_written(&dbs, 50).await;
 
     let open_tx = db.begin().await.unwrap();
     tokio::time::timeout(
