@@ -70,6 +70,8 @@ pub struct Db {
     pub backend: Backend,
     /// SQLite: the one connection that writes, taken in turn by write transactions.
     writer: Option<Arc<Mutex<SqliteWriter>>>,
+    /// SQLite: the database's file name, which labels its log's metrics.
+    file_name: Arc<str>,
 }
 
 impl Db {
@@ -135,7 +137,7 @@ impl Db {
         }
         .context("connecting to the database")?;
 
-        let writer = match backend {
+        let (writer, file_name) = match backend {
             Backend::Sqlite => {
                 let options = SqliteConnectOptions::from_str(&url)
                     .context("parsing DATABASE_URL")?
@@ -151,19 +153,28 @@ impl Db {
                     // A log grown larger (by a burst, or by an earlier version) is cut back to
                     // this when it starts over.
                     .pragma("journal_size_limit", WAL_SIZE_LIMIT);
+                let file_name: Arc<str> = options
+                    .get_filename()
+                    .file_name()
+                    .map_or_else(|| "sqlite".into(), |name| name.to_string_lossy().into());
                 let writer = SqliteWriter::open(&options)
                     .await
                     .context("opening the database's write connection")?;
                 let writer = Arc::new(Mutex::new(writer));
-                tokio::spawn(checkpoint_regularly(pool.clone(), Arc::clone(&writer)));
-                Some(writer)
+                tokio::spawn(checkpoint_regularly(
+                    pool.clone(),
+                    Arc::clone(&writer),
+                    Arc::clone(&file_name),
+                ));
+                (Some(writer), file_name)
             }
-            Backend::Postgres => None,
+            Backend::Postgres => (None, Arc::from("")),
         };
         Ok(Db {
             pool,
             backend,
             writer,
+            file_name,
         })
     }
 
@@ -222,7 +233,7 @@ impl Db {
     /// [`checkpoint`]), making the log start over as `restart` says; nothing on PostgreSQL.
     pub async fn checkpoint(&self, restart: LogRestart) -> Result<(), sqlx::Error> {
         match &self.writer {
-            Some(writer) => checkpoint(&self.pool, writer, restart).await,
+            Some(writer) => checkpoint(&self.pool, writer, &self.file_name, restart).await,
             None => Ok(()),
         }
     }
@@ -244,13 +255,17 @@ pub enum LogRestart {
 
 /// Checkpoints SQLite's write-ahead log every [`CHECKPOINT_EVERY`] (see [`checkpoint`]),
 /// starting it over beyond [`RESTART_LOG_AT_FRAMES`], until the pool closes.
-async fn checkpoint_regularly(pool: AnyPool, writer: Arc<Mutex<SqliteWriter>>) {
+async fn checkpoint_regularly(
+    pool: AnyPool,
+    writer: Arc<Mutex<SqliteWriter>>,
+    file_name: Arc<str>,
+) {
     let mut every = tokio::time::interval(CHECKPOINT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let restart = LogRestart::Beyond(RESTART_LOG_AT_FRAMES);
     while !pool.is_closed() {
         every.tick().await;
-        if let Err(e) = checkpoint(&pool, &writer, restart).await {
+        if let Err(e) = checkpoint(&pool, &writer, &file_name, restart).await {
             if !pool.is_closed() {
                 tracing::warn!(error = %e, "SQLite checkpoint failed");
             }
@@ -268,12 +283,14 @@ async fn checkpoint_regularly(pool: AnyPool, writer: Arc<Mutex<SqliteWriter>>) {
 async fn checkpoint(
     pool: &AnyPool,
     writer: &Mutex<SqliteWriter>,
+    file_name: &str,
     restart: LogRestart,
 ) -> Result<(), sqlx::Error> {
     // PASSIVE: never waits for readers; the write lock is not needed while the writer waits.
     // Its row is (busy, frames in the log, frames copied).
     const CHECKPOINT: &str = "PRAGMA wal_checkpoint(PASSIVE)";
     let frames: i64 = sqlx::Row::try_get(&sqlx::query(CHECKPOINT).fetch_one(pool).await?, 1)?;
+    crate::metrics::sqlite_log_frames(file_name, frames);
     if let LogRestart::Beyond(limit) = restart {
         if frames < limit {
             return Ok(());
@@ -281,6 +298,7 @@ async fn checkpoint(
     }
     let _turn = writer.lock().await;
     sqlx::query(CHECKPOINT).execute(pool).await?;
+    crate::metrics::sqlite_log_restarted(file_name);
     Ok(())
 }
 

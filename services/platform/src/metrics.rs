@@ -10,6 +10,8 @@
 //! | `roombook_messages_dead_lettered_total` | consumer, type | messages parked |
 //! | `roombook_messages_published_total` | service, type | outbox rows acknowledged by JetStream |
 //! | `roombook_outbox_backlog` | service | outbox rows not yet published |
+//! | `roombook_sqlite_log_frames` | database | frames in the SQLite write-ahead log at its last checkpoint |
+//! | `roombook_sqlite_log_restarts_total` | database | checkpoints that made the log start over |
 //! | `roombook_sagas` | state | sagas per state (orchestrator) |
 //! | `roombook_saga_duration_seconds` | state | booking to settled state (orchestrator) |
 //!
@@ -101,4 +103,15 @@ pub fn published(service: &'static str, kind: &str) {
 
 pub fn outbox_backlog(service: &'static str, rows: i64) {
     metrics::gauge!("roombook_outbox_backlog", "service" => service).set(rows as f64);
+}
+
+/// Frames in a SQLite database's write-ahead log (`database`: its file name) when checkpointed.
+pub fn sqlite_log_frames(database: &str, frames: i64) {
+    metrics::gauge!("roombook_sqlite_log_frames", "database" => database.to_string())
+        .set(frames as f64);
+}
+
+pub fn sqlite_log_restarted(database: &str) {
+    metrics::counter!("roombook_sqlite_log_restarts_total", "database" => database.to_string())
+        .increment(1);
 }

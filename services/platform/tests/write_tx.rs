@@ -370,3 +370,25 @@ async fn a_checkpoint_waits_for_the_writer_only_when_the_log_is_beyond_its_limit
     drop(open_tx);
     beyond.await.unwrap().unwrap();
 }
+
+/// Operators see in `/metrics` how large each database's log was at its last checkpoint and how
+/// often it started over.
+#[tokio::test]
+async fn each_checkpoint_reports_the_log_in_the_metrics() {
+    let metrics = roombook_platform::metrics::handle();
+    let dbs = TestDatabases::new(TestBackend::Sqlite);
+    let db = counter_written(&dbs, 10).await;
+    db.checkpoint(LogRestart::Always).await.unwrap();
+
+    let text = metrics.render();
+    let value = |name: &str| {
+        let prefix = format!("{name}{{database=\"writes.db\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert!(value("roombook_sqlite_log_frames") >= 0.0);
+    assert!(value("roombook_sqlite_log_restarts_total") >= 1.0);
+}
