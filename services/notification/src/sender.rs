@@ -159,8 +159,16 @@ fn write_eml(dir: &std::path::Path, n: &Notification, bytes: &[u8]) -> anyhow::R
     // Written in place: a few kilobytes into the page cache take less time than handing them to
     // a blocking thread and back (this is the local default, not the deployed SMTP path).
     let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    // The folder is made at start-up; made again only if it has gone since (not checked for
+    // every mail: that is two more system calls each).
+    let written = match std::fs::write(&tmp, bytes) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::write(&tmp, bytes)
+        }
+        other => other,
+    };
+    written.with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, dir.join(&name))
         .with_context(|| format!("renaming {} to {name}", tmp.display()))?;
     Ok(())

@@ -200,6 +200,29 @@ async fn events_older_than_the_age_limit_are_recorded_but_not_mailed(backend: Te
         .contains("older than"));
 }
 
+async fn a_mail_folder_removed_while_running_is_made_again(backend: TestBackend) {
+    let folder = tempfile::tempdir().unwrap();
+    let dir = folder.path().join("mail");
+    let app = spawn_app_with(backend, |c| c.transport = MailTransport::Files(dir.clone())).await;
+    let booking = Booking::new();
+    app.publish(&booking.created()).await;
+    app.wait_settled(booking.id, 1).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    app.publish(&booking.confirm_requested()).await;
+    let records = app.wait_settled(booking.id, 3).await;
+    assert!(records.iter().all(|r| r["status"] == "SENT"), "{records:?}");
+    let written = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .count();
+    assert_eq!(
+        written, 2,
+        "the two approval requests, in the folder made again"
+    );
+}
+
 async fn without_a_mail_server_each_mail_is_written_to_the_mail_folder(backend: TestBackend) {
     let folder = tempfile::tempdir().unwrap();
     let dir = folder.path().join("mail");
@@ -293,6 +316,7 @@ crate::on_both_backends!(
     an_event_for_an_unknown_booking_fails_after_the_grace_period,
     events_older_than_the_age_limit_are_recorded_but_not_mailed,
     without_a_mail_server_each_mail_is_written_to_the_mail_folder,
+    a_mail_folder_removed_while_running_is_made_again,
     mail_waits_while_the_smtp_server_is_down_and_goes_once_it_is_back,
     events_published_while_the_service_is_down_are_mailed_after_it_restarts,
 );
