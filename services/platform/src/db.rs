@@ -68,10 +68,16 @@ pub struct Migrations {
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
-    /// SQLite: the one connection that writes, taken in turn by write transactions.
-    writer: Option<Arc<Mutex<SqliteWriter>>>,
-    /// SQLite: the database's file name, which labels its log's metrics.
-    file_name: Arc<str>,
+    /// SQLite: the file's write connection and name.
+    sqlite: Option<SqliteFile>,
+}
+
+#[derive(Clone, Debug)]
+struct SqliteFile {
+    /// The one connection that writes, taken in turn by write transactions.
+    writer: Arc<Mutex<SqliteWriter>>,
+    /// The file's name, which labels its log's metrics.
+    name: Arc<str>,
 }
 
 impl Db {
@@ -137,7 +143,7 @@ impl Db {
         }
         .context("connecting to the database")?;
 
-        let (writer, file_name) = match backend {
+        let sqlite = match backend {
             Backend::Sqlite => {
                 let options = SqliteConnectOptions::from_str(&url)
                     .context("parsing DATABASE_URL")?
@@ -153,28 +159,25 @@ impl Db {
                     // A log grown larger (by a burst, or by an earlier version) is cut back to
                     // this when it starts over.
                     .pragma("journal_size_limit", WAL_SIZE_LIMIT);
-                let file_name: Arc<str> = options
-                    .get_filename()
-                    .file_name()
-                    .map_or_else(|| "sqlite".into(), |name| name.to_string_lossy().into());
                 let writer = SqliteWriter::open(&options)
                     .await
                     .context("opening the database's write connection")?;
-                let writer = Arc::new(Mutex::new(writer));
-                tokio::spawn(checkpoint_regularly(
-                    pool.clone(),
-                    Arc::clone(&writer),
-                    Arc::clone(&file_name),
-                ));
-                (Some(writer), file_name)
+                let file = SqliteFile {
+                    writer: Arc::new(Mutex::new(writer)),
+                    name: options
+                        .get_filename()
+                        .file_name()
+                        .map_or_else(|| "sqlite".into(), |name| name.to_string_lossy().into()),
+                };
+                tokio::spawn(checkpoint_regularly(pool.clone(), file.clone()));
+                Some(file)
             }
-            Backend::Postgres => (None, Arc::from("")),
+            Backend::Postgres => None,
         };
         Ok(Db {
             pool,
             backend,
-            writer,
-            file_name,
+            sqlite,
         })
     }
 
@@ -205,8 +208,8 @@ impl Db {
     /// can never be interleaved with another writer. PostgreSQL relies on its constraints and
     /// row locks.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        match &self.writer {
-            Some(writer) => {
+        match &self.sqlite {
+            Some(SqliteFile { writer, .. }) => {
                 let deadline = tokio::time::Instant::now() + WRITE_WAIT;
                 let mut writer = tokio::time::timeout_at(deadline, Arc::clone(writer).lock_owned())
                     .await
@@ -232,8 +235,8 @@ impl Db {
     /// SQLite: checkpoints the write-ahead log now, as the background task does regularly (see
     /// [`checkpoint`]), making the log start over as `restart` says; nothing on PostgreSQL.
     pub async fn checkpoint(&self, restart: LogRestart) -> Result<(), sqlx::Error> {
-        match &self.writer {
-            Some(writer) => checkpoint(&self.pool, writer, &self.file_name, restart).await,
+        match &self.sqlite {
+            Some(file) => checkpoint(&self.pool, file, restart).await,
             None => Ok(()),
         }
     }
@@ -255,17 +258,13 @@ pub enum LogRestart {
 
 /// Checkpoints SQLite's write-ahead log every [`CHECKPOINT_EVERY`] (see [`checkpoint`]),
 /// starting it over beyond [`RESTART_LOG_AT_FRAMES`], until the pool closes.
-async fn checkpoint_regularly(
-    pool: AnyPool,
-    writer: Arc<Mutex<SqliteWriter>>,
-    file_name: Arc<str>,
-) {
+async fn checkpoint_regularly(pool: AnyPool, file: SqliteFile) {
     let mut every = tokio::time::interval(CHECKPOINT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let restart = LogRestart::Beyond(RESTART_LOG_AT_FRAMES);
     while !pool.is_closed() {
         every.tick().await;
-        if let Err(e) = checkpoint(&pool, &writer, &file_name, restart).await {
+        if let Err(e) = checkpoint(&pool, &file, restart).await {
             if !pool.is_closed() {
                 tracing::warn!(error = %e, "SQLite checkpoint failed");
             }
@@ -282,23 +281,22 @@ async fn checkpoint_regularly(
 /// read searching a longer index.
 async fn checkpoint(
     pool: &AnyPool,
-    writer: &Mutex<SqliteWriter>,
-    file_name: &str,
+    file: &SqliteFile,
     restart: LogRestart,
 ) -> Result<(), sqlx::Error> {
     // PASSIVE: never waits for readers; the write lock is not needed while the writer waits.
     // Its row is (busy, frames in the log, frames copied).
     const CHECKPOINT: &str = "PRAGMA wal_checkpoint(PASSIVE)";
     let frames: i64 = sqlx::Row::try_get(&sqlx::query(CHECKPOINT).fetch_one(pool).await?, 1)?;
-    crate::metrics::sqlite_log_frames(file_name, frames);
+    crate::metrics::sqlite_log_frames(&file.name, frames);
     if let LogRestart::Beyond(limit) = restart {
         if frames < limit {
             return Ok(());
         }
     }
-    let _turn = writer.lock().await;
+    let _turn = file.writer.lock().await;
     sqlx::query(CHECKPOINT).execute(pool).await?;
-    crate::metrics::sqlite_log_restarted(file_name);
+    crate::metrics::sqlite_log_restarted(&file.name);
     Ok(())
 }
 

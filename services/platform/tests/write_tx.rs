@@ -385,10 +385,14 @@ async fn each_checkpoint_reports_the_log_in_the_metrics() {
         let prefix = format!("{name}{{database=\"writes.db\"}} ");
         text.lines()
             .find_map(|line| line.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
-            .parse::<f64>()
-            .unwrap()
+            .map(|v| v.parse::<f64>().unwrap())
     };
-    assert!(value("roombook_sqlite_log_frames") >= 0.0);
-    assert!(value("roombook_sqlite_log_restarts_total") >= 1.0);
+    assert!(
+        value("roombook_sqlite_log_frames").is_some(),
+        "no log size in\n{text}"
+    );
+    assert!(
+        value("roombook_sqlite_log_restarts_total").is_some_and(|n| n >= 1.0),
+        "no restart counted in\n{text}"
+    );
 }
