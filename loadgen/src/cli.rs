@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::{
     api::Api,
-    feed::Watch,
+    feed::{self, Watch},
     jetstream::{self, JsConfig},
     mix::{Action, Mix},
     procstat::{parse_watch, CpuProbe, Watched},
@@ -466,6 +466,10 @@ async fn run_sagas(args: SagasArgs) -> anyhow::Result<ExitCode> {
                 )
             })
             .collect();
+    let feed_events_per_saga = snap
+        .counters
+        .contains_key(feed::FEED_EVENTS)
+        .then(|| snap.counter(feed::FEED_EVENTS) as f64 / (snap.ok + warmup_ok).max(1) as f64);
     let latency_ms = [
         sagas::CREATE,
         sagas::CONFIRM_VISIBLE,
@@ -500,6 +504,7 @@ async fn run_sagas(args: SagasArgs) -> anyhow::Result<ExitCode> {
         errors_total,
         availability: SagaReport::availability_of(snap.ok + warmup_ok, snap.failed, snap.http),
         polls_per_saga,
+        feed_events_per_saga,
         abandoned: times.abandoned,
         jetstream: js_report,
         jetstream_error: js_error,

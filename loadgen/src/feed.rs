@@ -16,6 +16,13 @@ use tokio::{sync::watch, time::Instant};
 
 use crate::stats::{CallEnd, Recorder};
 
+/// Counter of the rows the feed sent.
+pub const FEED_EVENTS: &str = "feed.events";
+
+/// The saga states whose rows the feed sends: the approval request is open, or settled.
+const WATCHED_SAGA_STATES: [&str; 4] =
+    ["AWAITING_APPROVAL", "COMPLETED", "COMPENSATED", "CANCELLED"];
+
 /// Rows by booking id, as the feed last showed them.
 #[derive(Default)]
 pub struct Watch {
@@ -35,7 +42,13 @@ impl Watch {
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .build()?;
-        let url = format!("{}/bookingLists/stream", gateway.trim_end_matches('/'));
+        // Only rows a worker waits for: the approval request (its saga awaits approval) and the
+        // settled states. Every other change of a row is left on the server.
+        let url = format!(
+            "{}/bookingLists/stream?sagaState={}",
+            gateway.trim_end_matches('/'),
+            WATCHED_SAGA_STATES.join(",")
+        );
         let watch = Arc::new(Watch::default());
         let (ready_tx, mut ready_rx) = watch::channel(false);
         let task = tokio::spawn(follow(
@@ -125,6 +138,7 @@ async fn follow(
                                 ready.send_replace(true);
                             }
                             "bookingList" => {
+                                stats.count(FEED_EVENTS, 1);
                                 if let Ok(row) = serde_json::from_str(&event.data) {
                                     watch.update(row);
                                 }

@@ -93,6 +93,8 @@ pub struct SagaReport {
     pub errors_total: u64,
     pub availability: Availability,
     pub polls_per_saga: BTreeMap<&'static str, f64>,
+    /// Rows the live feed sent per saga, when sagas were watched through it.
+    pub feed_events_per_saga: Option<f64>,
     pub abandoned: u64,
     pub jetstream: Option<JsReport>,
     pub jetstream_error: Option<String>,
@@ -171,6 +173,9 @@ impl SagaReport {
                 "  polls per saga            {}\n",
                 polls.join(", ")
             ));
+        }
+        if let Some(n) = self.feed_events_per_saga {
+            o.push_str(&format!("  feed events per saga      {n:.1}\n"));
         }
         match (&self.jetstream, &self.jetstream_error) {
             (Some(js), _) => o.push_str(&format!(

@@ -208,6 +208,19 @@ fn every_state_and_message_pair_has_its_defined_outcome() {
 }
 
 #[test]
+fn the_saga_states_are_the_ones_the_contract_names() {
+    let mut ours: Vec<&str> = SagaState::ALL.iter().map(|s| s.as_str()).collect();
+    let mut contract = SAGA_STATES.to_vec();
+    ours.sort_unstable();
+    contract.sort_unstable();
+    assert_eq!(ours, contract);
+    for state in SagaState::ALL {
+        let listed = SETTLED_SAGA_STATES.contains(&state.as_str());
+        assert_eq!(state.is_settled(), listed, "{state:?}");
+    }
+}
+
+#[test]
 fn booking_created_starts_the_saga_and_requests_approval() {
     let t = apply(None, &env(1, created()), &Policy::default()).unwrap();
     assert_eq!(t.saga.state, SagaState::Started);

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `GET /bookingLists?bookingUserId&roomId&bookingStatus&confirmStatus&from&to&sort&page&size` | user / admin | `{items, page, size, total, totalPages, sort}` |
 //! | `GET /bookingLists/{bookingId}` | owner / admin | the row |
-//! | `GET /bookingLists/stream?bookingUserId&roomId` | user / admin | SSE: `ready`, then `bookingList` events (a row each, `id` = change number) |
+//! | `GET /bookingLists/stream?bookingUserId&roomId&sagaState` | user / admin | SSE: `ready`, then `bookingList` events (a row each, `id` = change number) |
 //! | `POST /bookingLists/rebuild` | admin | 202 and the rebuild's status; 409 while one runs |
 //! | `GET /bookingLists/rebuild` | admin | the latest rebuild's status |
 //! | `GET /bookingLists/lag` | anyone | the projection's position against the event streams |
@@ -208,11 +208,12 @@ async fn get_one(
     params(
         ("bookingUserId" = Option<String>, Query, description = "Whose rows (a user may only give their own)"),
         ("roomId" = Option<i64>, Query),
+        ("sagaState" = Option<String>, Query, description = "Only rows whose saga is in one of these states, comma-separated (e.g. `AWAITING_APPROVAL,COMPLETED`)"),
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this change"),
     ),
     responses(
         (status = 200, description = "An event stream; each `bookingList` event's data is a row", body = String, content_type = "text/event-stream"),
-        (status = 400, description = "An unknown parameter, or a Last-Event-ID this feed did not send"),
+        (status = 400, description = "An unknown parameter or saga state, or a Last-Event-ID this feed did not send"),
         (status = 403, description = "A user asked for another user's rows"),
     )
 )]

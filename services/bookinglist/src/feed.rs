@@ -197,11 +197,7 @@ impl Subscription {
                     continue;
                 }
                 self.last = change.seq;
-                let row = &change.row;
-                if self
-                    .filter
-                    .matches(row.booking_user_id.as_deref(), row.room_id)
-                {
+                if self.filter.matches(&change.row) {
                     return Some((FeedItem::Change(change), self));
                 }
             }

@@ -3,10 +3,13 @@
 //! typo never silently widens or narrows a result.
 
 use chrono::{DateTime, Utc};
-use platform::{contract::RoomId, time::parse_client_time};
+use platform::{
+    contract::{RoomId, SAGA_STATES},
+    time::parse_client_time,
+};
 use serde_json::{json, Value};
 
-use crate::projection::{BookingStatus, ConfirmStatus};
+use crate::projection::{BookingRow, BookingStatus, ConfirmStatus};
 
 /// Largest page a caller may ask for.
 pub const MAX_PAGE_SIZE: u32 = 200;
@@ -154,7 +157,7 @@ pub const LIST_PARAMETERS: [&str; 9] = [
     "size",
 ];
 
-pub const FEED_PARAMETERS: [&str; 2] = ["bookingUserId", "roomId"];
+pub const FEED_PARAMETERS: [&str; 3] = ["bookingUserId", "roomId", "sagaState"];
 
 impl ListQuery {
     /// Parses the query string's pairs.
@@ -231,6 +234,9 @@ impl ListQuery {
 pub struct FeedFilter {
     pub user: Option<String>,
     pub room: Option<RoomId>,
+    /// Rows whose saga is in one of these states (any state when empty): e.g. a dashboard of
+    /// requests awaiting approval, or a client that only needs to see sagas settle.
+    pub saga_states: Vec<&'static str>,
 }
 
 impl FeedFilter {
@@ -241,16 +247,39 @@ impl FeedFilter {
             match name.as_str() {
                 "bookingUserId" => f.user = Some(user(value)?),
                 "roomId" => f.room = Some(room(value)?),
+                "sagaState" => f.saga_states = saga_states(value)?,
                 _ => unreachable!("names were checked"),
             }
         }
         Ok(f)
     }
 
-    pub fn matches(&self, user: Option<&str>, room: Option<RoomId>) -> bool {
-        self.user.as_deref().is_none_or(|u| user == Some(u))
-            && self.room.is_none_or(|r| room == Some(r))
+    pub fn matches(&self, row: &BookingRow) -> bool {
+        self.user
+            .as_deref()
+            .is_none_or(|u| row.booking_user_id.as_deref() == Some(u))
+            && self.room.is_none_or(|r| row.room_id == Some(r))
+            && (self.saga_states.is_empty()
+                || row
+                    .saga_state
+                    .as_deref()
+                    .is_some_and(|s| self.saga_states.contains(&s)))
     }
+}
+
+/// `sagaState=AWAITING_APPROVAL,COMPLETED`: one or more saga states, comma-separated.
+fn saga_states(value: &str) -> Result<Vec<&'static str>, BadParameter> {
+    let mut states = Vec::new();
+    for part in value.split(',').map(str::trim) {
+        let state = SAGA_STATES
+            .into_iter()
+            .find(|s| *s == part)
+            .ok_or_else(|| one_of("sagaState", part, SAGA_STATES.to_vec()))?;
+        if !states.contains(&state) {
+            states.push(state);
+        }
+    }
+    Ok(states)
 }
 
 /// Unknown and repeated parameters are refused: both are mistakes that would otherwise pass
@@ -412,11 +441,38 @@ mod tests {
     }
 
     #[test]
-    fn the_feed_filter_matches_by_user_and_room() {
+    fn the_feed_filter_matches_by_user_room_and_saga_state() {
+        let row = |user: &str, room: Option<RoomId>, saga: Option<&str>| BookingRow {
+            booking_user_id: Some(user.into()),
+            room_id: room,
+            saga_state: saga.map(str::to_string),
+            ..BookingRow::empty(uuid::Uuid::nil())
+        };
         let f = FeedFilter::parse(&pairs(&[("roomId", "101")])).unwrap();
-        assert!(f.matches(Some("x"), Some(101)));
-        assert!(!f.matches(Some("x"), Some(102)));
-        assert!(!f.matches(Some("x"), None));
+        assert!(f.matches(&row("x", Some(101), None)));
+        assert!(!f.matches(&row("x", Some(102), None)));
+        assert!(!f.matches(&row("x", None, None)));
+
+        let f = FeedFilter::parse(&pairs(&[
+            ("sagaState", "AWAITING_APPROVAL, COMPLETED"),
+            ("bookingUserId", "x"),
+        ]))
+        .unwrap();
+        assert_eq!(f.saga_states, ["AWAITING_APPROVAL", "COMPLETED"]);
+        assert!(f.matches(&row("x", Some(101), Some("COMPLETED"))));
+        assert!(f.matches(&row("x", Some(101), Some("AWAITING_APPROVAL"))));
+        assert!(!f.matches(&row("x", Some(101), Some("STARTED"))));
+        assert!(!f.matches(&row("x", Some(101), None)), "no saga state yet");
+        assert!(!f.matches(&row("y", Some(101), Some("COMPLETED"))));
+    }
+
+    #[test]
+    fn the_feed_refuses_unknown_parameters_and_saga_states() {
         assert!(FeedFilter::parse(&pairs(&[("bookingStatus", "BOOKED")])).is_err());
+        for bad in ["DONE", "completed", "", "COMPLETED,"] {
+            let err = FeedFilter::parse(&pairs(&[("sagaState", bad)])).unwrap_err();
+            assert_eq!(err.parameter, "sagaState", "{bad:?}");
+            assert_eq!(err.allowed, json!(SAGA_STATES), "{bad:?}");
+        }
     }
 }

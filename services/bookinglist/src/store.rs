@@ -447,6 +447,12 @@ pub async fn changes_since<'c, E: Executor<'c, Database = Any>>(
         args.push(Arg::Int(r));
         sql.push_str(&format!(" AND room_id = ${}", args.len()));
     }
+    if !filter.saga_states.is_empty() {
+        let first = args.len() + 1;
+        args.extend(filter.saga_states.iter().map(|s| Arg::Text(s.to_string())));
+        let placeholders: Vec<String> = (first..=args.len()).map(|i| format!("${i}")).collect();
+        sql.push_str(&format!(" AND saga_state IN ({})", placeholders.join(", ")));
+    }
     sql.push_str(&format!(" ORDER BY change_seq LIMIT {limit}"));
     bind_all(sqlx::query(&sql), &args)
         .fetch_all(db)

@@ -454,7 +454,19 @@ async fn bad_filters_and_paging_are_refused_with_the_allowed_values() {
         .get("/bookingLists/stream?confirmStatus=BOOKED", Caller::Admin)
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["allowed"], json!(["bookingUserId", "roomId"]));
+    assert_eq!(
+        body["allowed"],
+        json!(["bookingUserId", "roomId", "sagaState"])
+    );
+    let (status, body) = app
+        .get("/bookingLists/stream?sagaState=DONE", Caller::Admin)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["parameter"], "sagaState");
+    assert!(body["allowed"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("AWAITING_APPROVAL")));
 
     let (status, _) = app
         .call(Method::POST, "/bookingLists/rebuild", Caller::User("alice"))
@@ -645,6 +657,57 @@ async fn the_live_feed_sends_the_callers_changed_rows_and_resumes_after_the_last
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_by_saga_state_sends_rows_only_while_their_saga_is_in_those_states() {
+    let app = spawn_app().await;
+    let mut feed = SseClient::open(
+        &app,
+        "/bookingLists/stream?sagaState=AWAITING_APPROVAL,COMPLETED",
+        Caller::Admin,
+        None,
+    )
+    .await;
+    assert_eq!(feed.next().await.event, "ready");
+
+    // Rows are sent in change order, so a row sent against the filter would come first.
+    let starting = Booking::new("bob", 101, 9);
+    let waiting = Booking::new("alice", 102, 9);
+    app.publish(&starting.created()).await;
+    app.publish(&starting.saga(1, "STARTED")).await;
+    app.wait_row(starting.id, "the saga to start", |r| {
+        r["sagaState"] == "STARTED"
+    })
+    .await;
+    app.publish(&waiting.created()).await;
+    app.publish(&waiting.saga(2, "AWAITING_APPROVAL")).await;
+    let first = feed.next().await;
+    assert_eq!(first.data["bookingId"], json!(waiting.id), "{first:?}");
+    assert_eq!(first.data["sagaState"], "AWAITING_APPROVAL");
+
+    // A row that changes while its saga stays in a chosen state is sent again (the booking's
+    // own event may land after the saga's, and be sent on its own too).
+    app.publish(&waiting.requested()).await;
+    loop {
+        let change = feed.next().await;
+        assert_eq!(change.data["bookingId"], json!(waiting.id), "{change:?}");
+        assert_eq!(change.data["sagaState"], "AWAITING_APPROVAL");
+        if change.data["confirmId"].is_string() {
+            break;
+        }
+    }
+
+    // Leaving the chosen states is not sent; reaching one again is.
+    app.publish(&waiting.saga(3, "CONFIRMING")).await;
+    app.wait_row(waiting.id, "the approval", |r| {
+        r["sagaState"] == "CONFIRMING"
+    })
+    .await;
+    app.publish(&starting.saga(4, "COMPLETED")).await;
+    let settled = feed.next().await;
+    assert_eq!(settled.data["bookingId"], json!(starting.id), "{settled:?}");
+    assert_eq!(settled.data["sagaState"], "COMPLETED");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

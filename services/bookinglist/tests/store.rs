@@ -170,7 +170,7 @@ async fn filters_sort_and_page_on_the_database(backend: TestBackend) {
         0,
         &FeedFilter {
             user: Some("alice".into()),
-            room: None,
+            ..FeedFilter::default()
         },
         100,
     )
@@ -184,6 +184,42 @@ async fn filters_sort_and_page_on_the_database(backend: TestBackend) {
         vec![a, b]
     );
     assert!(changes[0].0 < changes[1].0);
+
+    // By saga state: only rows whose saga is in one of the states asked for.
+    let saga = |booking, version, state: &str| {
+        event(
+            booking,
+            version,
+            Body::SagaStateChanged(SagaStateChanged {
+                state: state.into(),
+                previous_state: None,
+            }),
+        )
+    };
+    live(&db, &saga(a, 1, "AWAITING_APPROVAL")).await;
+    live(&db, &saga(b, 2, "COMPLETED")).await;
+    live(&db, &saga(c, 1, "STARTED")).await;
+    let by_state = |states: &'static [&'static str]| {
+        let filter = FeedFilter {
+            saga_states: states.to_vec(),
+            ..FeedFilter::default()
+        };
+        let db = db.clone();
+        async move {
+            store::changes_since(&db.pool, table, 0, &filter, 100)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(_, r)| r.booking_id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        by_state(&["AWAITING_APPROVAL", "COMPLETED"]).await,
+        vec![a, b]
+    );
+    assert_eq!(by_state(&["STARTED"]).await, vec![c]);
+    assert!(by_state(&["CANCELLED"]).await.is_empty());
 }
 
 async fn a_batch_folds_into_the_rows_that_one_event_at_a_time_gives(backend: TestBackend) {

@@ -209,9 +209,26 @@ pub struct ConfirmExpired {
 #[serde(rename_all = "camelCase")]
 pub struct ExpireConfirm {}
 
+/// Every state a saga can be in, as [`SagaStateChanged`] names them (the orchestrator's own
+/// type is checked against this list).
+pub const SAGA_STATES: [&str; 8] = [
+    "STARTED",
+    "AWAITING_APPROVAL",
+    "CONFIRMING",
+    "COMPENSATING",
+    "CANCELLING",
+    "COMPLETED",
+    "COMPENSATED",
+    "CANCELLED",
+];
+
+/// The states a saga ends in.
+pub const SETTLED_SAGA_STATES: [&str; 3] = ["COMPLETED", "COMPENSATED", "CANCELLED"];
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SagaStateChanged {
+    /// One of [`SAGA_STATES`].
     pub state: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_state: Option<String>,
