@@ -456,6 +456,76 @@ pub async fn mark_processed(
     Ok(done.rows_affected() == 1)
 }
 
+/// How long a consumer remembers the ids of the messages it applied. A message comes again
+/// within seconds when its ack was lost (redelivered after the ack wait), and rarely later when
+/// an outbox row is published again after the server's duplicate window; a week covers both
+/// with room to spare. An id older than this is forgotten: the message would be applied again,
+/// which the handlers' per-booking versions make a no-op for the state.
+pub const PROCESSED_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Ids forgotten per statement, so the write lock is held only briefly.
+const PRUNE_BATCH: i64 = 1000;
+
+/// Forgets the ids applied before `cutoff_millis`, oldest first, a batch per statement; returns
+/// how many went.
+pub async fn prune_processed(db: &Db, cutoff_millis: i64) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let gone = prune_processed_batch(db, cutoff_millis).await?;
+        total += gone;
+        if gone < PRUNE_BATCH as u64 {
+            return Ok(total);
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn prune_processed_batch(db: &Db, cutoff_millis: i64) -> Result<u64, sqlx::Error> {
+    use sqlx::Row as _;
+    match db.backend {
+        // Rows are appended in rowid order, so the oldest are at the start: look at the first
+        // batch only and stop at the first id still remembered, instead of searching the whole
+        // table (which needs no index on the time, one more per message applied).
+        Backend::Sqlite => {
+            let head: Vec<(i64, i64)> = sqlx::query(
+                "SELECT rowid AS id, processed_at FROM processed_messages ORDER BY rowid LIMIT $1",
+            )
+            .bind(PRUNE_BATCH)
+            .fetch_all(&db.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("processed_at")?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+            let Some(last) = head
+                .iter()
+                .take_while(|(_, at)| *at < cutoff_millis)
+                .map(|(id, _)| *id)
+                .last()
+            else {
+                return Ok(0);
+            };
+            let mut tx = db.begin().await?;
+            let done = sqlx::query(
+                "DELETE FROM processed_messages WHERE rowid <= $1 AND processed_at < $2",
+            )
+            .bind(last)
+            .bind(cutoff_millis)
+            .execute(&mut tx)
+            .await?;
+            tx.commit().await?;
+            Ok(done.rows_affected())
+        }
+        Backend::Postgres => Ok(sqlx::query(
+            "DELETE FROM processed_messages WHERE (consumer, message_id) IN              (SELECT consumer, message_id FROM processed_messages WHERE processed_at < $1               ORDER BY processed_at LIMIT $2)",
+        )
+        .bind(cutoff_millis)
+        .bind(PRUNE_BATCH)
+        .execute(&db.pool)
+        .await?
+        .rows_affected()),
+    }
+}
+
 /// Placeholders `$first, …` for `count` parameters.
 pub fn params(first: usize, count: usize) -> String {
     let list: Vec<String> = (first..first + count).map(|p| format!("${p}")).collect();

@@ -1,12 +1,13 @@
 //! Marking a batch of messages as processed in one statement, on SQLite and PostgreSQL: each
-//! message is fresh once, whether it was seen in an earlier transaction or earlier in the batch.
+//! message is fresh once, whether it was seen in an earlier transaction or earlier in the batch;
+//! and forgetting the ids applied longer ago than the retention.
 
 use roombook_platform::{
     db::{self, Db, Migrations},
     testkit::{TestBackend, TestDatabases},
 };
 
-async fn fresh_once_per_consumer(backend: TestBackend) {
+async fn database(backend: TestBackend) -> (TestDatabases, Db) {
     let dbs = TestDatabases::new(backend);
     let db = Db::connect(
         &dbs.create("dedup").await,
@@ -17,6 +18,11 @@ async fn fresh_once_per_consumer(backend: TestBackend) {
     )
     .await
     .unwrap();
+    (dbs, db)
+}
+
+async fn fresh_once_per_consumer(backend: TestBackend) {
+    let (_dbs, db) = database(backend).await;
     let ids = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
 
     let mut tx = db.begin().await.unwrap();
@@ -62,4 +68,56 @@ async fn a_batch_is_fresh_once_per_consumer_on_sqlite() {
 #[tokio::test]
 async fn a_batch_is_fresh_once_per_consumer_on_postgres() {
     fresh_once_per_consumer(TestBackend::Postgres).await;
+}
+
+async fn ids_past_the_retention_are_forgotten(backend: TestBackend) {
+    let (_dbs, db) = database(backend).await;
+    // More old ids than one pruning statement takes, then two recent ones.
+    let old: Vec<String> = (0..2500).map(|i| format!("old-{i}")).collect();
+    let mut tx = db.begin().await.unwrap();
+    for chunk in old.chunks(100) {
+        db::mark_all_processed(&mut tx, "booking", chunk)
+            .await
+            .unwrap();
+    }
+    let recent = vec!["recent-1".to_string(), "recent-2".to_string()];
+    db::mark_all_processed(&mut tx, "orchestrator", &recent)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let now = roombook_platform::time::now_millis();
+    let retention = i64::try_from(db::PROCESSED_RETENTION.as_millis()).unwrap();
+    sqlx::query("UPDATE processed_messages SET processed_at = $1 WHERE message_id LIKE 'old-%'")
+        .bind(now - retention - 60_000)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let gone = db::prune_processed(&db, now - retention).await.unwrap();
+    assert_eq!(gone, 2500);
+    assert_eq!(db::prune_processed(&db, now - retention).await.unwrap(), 0);
+
+    let mut tx = db.begin().await.unwrap();
+    // A recent id is still remembered: its message comes again as a duplicate.
+    assert_eq!(
+        db::mark_all_processed(&mut tx, "orchestrator", &recent)
+            .await
+            .unwrap(),
+        [false, false]
+    );
+    // A forgotten one would be applied again.
+    assert!(db::mark_processed(&mut tx, "booking", "old-7")
+        .await
+        .unwrap());
+    tx.rollback().await.unwrap();
+}
+
+#[tokio::test]
+async fn ids_past_the_retention_are_forgotten_on_sqlite() {
+    ids_past_the_retention_are_forgotten(TestBackend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn ids_past_the_retention_are_forgotten_on_postgres() {
+    ids_past_the_retention_are_forgotten(TestBackend::Postgres).await;
 }
