@@ -71,6 +71,17 @@ fn event(booking: Uuid, version: u64, body: Body) -> Envelope {
     Envelope::new(booking, booking, version, body)
 }
 
+fn saga(booking: Uuid, version: u64, state: &str) -> Envelope {
+    event(
+        booking,
+        version,
+        Body::SagaStateChanged(SagaStateChanged {
+            state: state.into(),
+            previous_state: None,
+        }),
+    )
+}
+
 /// Applies events as the live consumer does with a batch: one claim for the distinct bookings.
 async fn live_batch(db: &Db, events: &[Envelope]) {
     let events: Vec<&Envelope> = events.iter().collect();
@@ -186,16 +197,6 @@ async fn filters_sort_and_page_on_the_database(backend: TestBackend) {
     assert!(changes[0].0 < changes[1].0);
 
     // By saga state: only rows whose saga is in one of the states asked for.
-    let saga = |booking, version, state: &str| {
-        event(
-            booking,
-            version,
-            Body::SagaStateChanged(SagaStateChanged {
-                state: state.into(),
-                previous_state: None,
-            }),
-        )
-    };
     live(&db, &saga(a, 1, "AWAITING_APPROVAL")).await;
     live(&db, &saga(b, 2, "COMPLETED")).await;
     live(&db, &saga(c, 1, "STARTED")).await;
@@ -238,16 +239,6 @@ async fn a_batch_folds_into_the_rows_that_one_event_at_a_time_gives(backend: Tes
             Body::BookingCancelled(BookingCancelled {
                 reason,
                 detail: None,
-            }),
-        )
-    };
-    let saga = |booking, version, state: &str| {
-        event(
-            booking,
-            version,
-            Body::SagaStateChanged(SagaStateChanged {
-                state: state.into(),
-                previous_state: None,
             }),
         )
     };
