@@ -16,6 +16,7 @@ use sqlx::{
     Any, AnyPool, Either, Execute, Executor,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio_util::sync::CancellationToken;
 
 use crate::sqlite_writer::SqliteWriter;
 
@@ -461,23 +462,49 @@ pub async fn mark_processed(
 /// an outbox row is published again after the server's duplicate window; a week covers both
 /// with room to spare. An id older than this is forgotten: the message would be applied again,
 /// which the handlers' per-booking versions make a no-op for the state.
-pub const PROCESSED_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+pub const PROCESSED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Ids forgotten per statement, so the write lock is held only briefly.
 const PRUNE_BATCH: i64 = 1000;
+/// How often the ids past [`PROCESSED_RETENTION`] are looked for.
+const FORGET_EVERY: Duration = Duration::from_secs(3600);
 
-/// Forgets the ids applied before `cutoff_millis`, oldest first, a batch per statement; returns
-/// how many went.
-pub async fn prune_processed(db: &Db, cutoff_millis: i64) -> Result<u64, sqlx::Error> {
-    let mut total = 0;
+/// Forgets the ids applied longer ago than [`PROCESSED_RETENTION`]: at start-up, then every hour,
+/// until `cancel` fires. A task of its own, so a long first pass (a large table after an
+/// upgrade) holds up nothing else.
+pub async fn forget_processed_regularly(db: Db, cancel: CancellationToken) {
+    let retention = i64::try_from(PROCESSED_RETENTION.as_millis()).unwrap_or(i64::MAX);
     loop {
+        let cutoff = crate::time::now_millis().saturating_sub(retention);
+        match prune_processed(&db, cutoff, &cancel).await {
+            Ok(0) => {}
+            Ok(ids) => tracing::info!(ids, "forgot the ids of messages applied long ago"),
+            Err(e) => tracing::warn!(error = %e, "forgetting applied message ids failed"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(FORGET_EVERY) => {}
+        }
+    }
+}
+
+/// Forgets the ids applied before `cutoff_millis`, oldest first, a batch per statement, until
+/// none is left or `cancel` fires; returns how many went.
+pub async fn prune_processed(
+    db: &Db,
+    cutoff_millis: i64,
+    cancel: &CancellationToken,
+) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    while !cancel.is_cancelled() {
         let gone = prune_processed_batch(db, cutoff_millis).await?;
         total += gone;
         if gone < PRUNE_BATCH as u64 {
-            return Ok(total);
+            break;
         }
         tokio::task::yield_now().await;
     }
+    Ok(total)
 }
 
 async fn prune_processed_batch(db: &Db, cutoff_millis: i64) -> Result<u64, sqlx::Error> {

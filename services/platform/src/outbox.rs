@@ -149,18 +149,10 @@ pub async fn relay(
     loop {
         if tokio::time::Instant::now() >= next_prune {
             next_prune += PRUNE_EVERY;
-            let now = crate::time::now_millis();
-            match prune(&db, now).await {
+            match prune(&db, crate::time::now_millis()).await {
                 Ok(0) => {}
                 Ok(rows) => tracing::info!(rows, "pruned published outbox rows"),
                 Err(e) => tracing::warn!(error = %e, "pruning the outbox failed"),
-            }
-            let cutoff =
-                now - i64::try_from(db::PROCESSED_RETENTION.as_millis()).unwrap_or(i64::MAX);
-            match db::prune_processed(&db, cutoff).await {
-                Ok(0) => {}
-                Ok(ids) => tracing::info!(ids, "forgot the ids of messages applied long ago"),
-                Err(e) => tracing::warn!(error = %e, "pruning applied message ids failed"),
             }
         }
         match relay_batch(service, &db, &js).await {

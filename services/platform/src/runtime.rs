@@ -13,7 +13,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     config::ServiceConfig,
     consumer::{self, Handler},
-    db::{Db, Migrations},
+    db::{self, Db, Migrations},
     http::{self, Readiness},
     outbox::{self, OutboxSignal},
     topology::{self, ConsumerSpec},
@@ -58,6 +58,10 @@ impl Runtime {
             runtime.db.clone(),
             runtime.js.clone(),
             runtime.outbox.clone(),
+            runtime.cancel.clone(),
+        ));
+        runtime.tasks.spawn(db::forget_processed_regularly(
+            runtime.db.clone(),
             runtime.cancel.clone(),
         ));
         Ok(runtime)

@@ -6,6 +6,7 @@ use roombook_platform::{
     db::{self, Db, Migrations},
     testkit::{TestBackend, TestDatabases},
 };
+use tokio_util::sync::CancellationToken;
 
 async fn database(backend: TestBackend) -> (TestDatabases, Db) {
     let dbs = TestDatabases::new(backend);
@@ -93,9 +94,26 @@ async fn ids_past_the_retention_are_forgotten(backend: TestBackend) {
         .await
         .unwrap();
 
-    let gone = db::prune_processed(&db, now - retention).await.unwrap();
+    // A service stopping stops the pruning before it starts a batch.
+    let stopping = CancellationToken::new();
+    stopping.cancel();
+    assert_eq!(
+        db::prune_processed(&db, now - retention, &stopping)
+            .await
+            .unwrap(),
+        0
+    );
+
+    let gone = db::prune_processed(&db, now - retention, &CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(gone, 2500);
-    assert_eq!(db::prune_processed(&db, now - retention).await.unwrap(), 0);
+    assert_eq!(
+        db::prune_processed(&db, now - retention, &CancellationToken::new())
+            .await
+            .unwrap(),
+        0
+    );
 
     let mut tx = db.begin().await.unwrap();
     // A recent id is still remembered: its message comes again as a duplicate.
