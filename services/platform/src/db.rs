@@ -233,8 +233,8 @@ impl Db {
         }
     }
 
-    /// SQLite: checkpoints the write-ahead log now, as the background task does regularly (see
-    /// [`checkpoint`]), making the log start over as `restart` says; nothing on PostgreSQL.
+    /// SQLite: checkpoints the write-ahead log now, as the background task does regularly,
+    /// making the log start over as `restart` says; nothing on PostgreSQL.
     pub async fn checkpoint(&self, restart: LogRestart) -> Result<(), sqlx::Error> {
         match &self.sqlite {
             Some(file) => checkpoint(&self.pool, file, restart).await,
@@ -248,7 +248,7 @@ impl Db {
     }
 }
 
-/// When a checkpoint makes SQLite's write-ahead log start over (see [`checkpoint`]).
+/// When a checkpoint makes SQLite's write-ahead log start over (see `Db::checkpoint`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogRestart {
     /// Every time: the log ends wholly copied.
@@ -466,28 +466,6 @@ pub const PROCESSED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Ids forgotten per statement, so the write lock is held only briefly.
 const PRUNE_BATCH: i64 = 1000;
-/// How often the ids past [`PROCESSED_RETENTION`] are looked for.
-const FORGET_EVERY: Duration = Duration::from_secs(3600);
-
-/// Forgets the ids applied longer ago than [`PROCESSED_RETENTION`]: at start-up, then every hour,
-/// until `cancel` fires. A task of its own, so a long first pass (a large table after an
-/// upgrade) holds up nothing else.
-pub async fn forget_processed_regularly(db: Db, cancel: CancellationToken) {
-    let retention = i64::try_from(PROCESSED_RETENTION.as_millis()).unwrap_or(i64::MAX);
-    loop {
-        let cutoff = crate::time::now_millis().saturating_sub(retention);
-        match prune_processed(&db, cutoff, &cancel).await {
-            Ok(0) => {}
-            Ok(ids) => tracing::info!(ids, "forgot the ids of messages applied long ago"),
-            Err(e) => tracing::warn!(error = %e, "forgetting applied message ids failed"),
-        }
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(FORGET_EVERY) => {}
-        }
-    }
-}
-
 /// Forgets the ids applied before `cutoff_millis`, oldest first, a batch per statement, until
 /// none is left or `cancel` fires; returns how many went.
 pub async fn prune_processed(

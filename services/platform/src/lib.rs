@@ -2,9 +2,10 @@
 //!
 //! It holds what the services must agree on — the message contract ([`contract`]) and the
 //! JetStream topology ([`topology`]) — and the runtime every service is built from: database
-//! access with migrations ([`db`]), the transactional outbox and its relay ([`outbox`]), durable
-//! consumers with dedup, backoff and dead letters ([`consumer`]), and the HTTP pieces
-//! ([`http`]): problem details, health probes, identity headers and graceful serving.
+//! access with migrations ([`db`]), the transactional outbox and its relay ([`outbox`]), the
+//! hourly pruning of what is kept only for a while ([`retention`]), durable consumers with
+//! dedup, backoff and dead letters ([`consumer`]), and the HTTP pieces ([`http`]): problem
+//! details, health probes, identity headers and graceful serving.
 
 pub mod clock;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod db;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
+pub mod retention;
 pub mod runtime;
 pub mod shutdown;
 mod sqlite_writer;

@@ -34,8 +34,6 @@ const POLL: Duration = Duration::from_millis(500);
 /// Published rows older than this are pruned, except each booking's latest event, which a
 /// repeated command may still need to announce again (see [`reannounce_latest`]).
 pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-/// How often the relay prunes.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Told after every commit that wrote to the outbox or applied messages: wakes the relay, and
 /// anything else in the process that follows the database (e.g. a live feed) through
@@ -145,16 +143,7 @@ pub async fn relay(
     cancel: CancellationToken,
 ) {
     let mut failures = 0u32;
-    let mut next_prune = tokio::time::Instant::now();
     loop {
-        if tokio::time::Instant::now() >= next_prune {
-            next_prune += PRUNE_EVERY;
-            match prune(&db, crate::time::now_millis()).await {
-                Ok(0) => {}
-                Ok(rows) => tracing::info!(rows, "pruned published outbox rows"),
-                Err(e) => tracing::warn!(error = %e, "pruning the outbox failed"),
-            }
-        }
         match relay_batch(service, &db, &js).await {
             // A short batch took every row there was. Rows committed since then have woken the
             // relay (the wake-up is kept until it waits), so it can wait without looking again.
@@ -187,7 +176,7 @@ pub async fn relay(
 }
 
 /// Deletes rows published longer than [`RETENTION`] before `now_millis`, keeping every
-/// booking's latest event. Returns how many rows went.
+/// booking's latest event (run hourly by [`crate::retention`]). Returns how many rows went.
 pub async fn prune(db: &Db, now_millis: i64) -> Result<u64, sqlx::Error> {
     let cutoff = now_millis - i64::try_from(RETENTION.as_millis()).unwrap_or(i64::MAX);
     let sql = format!(

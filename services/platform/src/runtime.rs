@@ -13,9 +13,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     config::ServiceConfig,
     consumer::{self, Handler},
-    db::{self, Db, Migrations},
+    db::{Db, Migrations},
     http::{self, Readiness},
     outbox::{self, OutboxSignal},
+    retention,
     topology::{self, ConsumerSpec},
 };
 
@@ -31,7 +32,7 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Connects everything and starts the outbox relay.
+    /// Connects everything and starts the outbox relay and the hourly pruning.
     pub async fn start(
         name: &'static str,
         config: &ServiceConfig,
@@ -60,7 +61,7 @@ impl Runtime {
             runtime.outbox.clone(),
             runtime.cancel.clone(),
         ));
-        runtime.tasks.spawn(db::forget_processed_regularly(
+        runtime.tasks.spawn(retention::prune_regularly(
             runtime.db.clone(),
             runtime.cancel.clone(),
         ));
