@@ -2,28 +2,13 @@
 //! message is fresh once, whether it was seen in an earlier transaction or earlier in the batch;
 //! and forgetting the ids applied longer ago than the retention.
 
-use roombook_platform::{
-    db::{self, Db, Migrations},
-    testkit::{TestBackend, TestDatabases},
-};
+mod common;
+
+use roombook_platform::{db, testkit::TestBackend};
 use tokio_util::sync::CancellationToken;
 
-async fn database(backend: TestBackend) -> (TestDatabases, Db) {
-    let dbs = TestDatabases::new(backend);
-    let db = Db::connect(
-        &dbs.create("dedup").await,
-        Migrations {
-            sqlite: sqlx::migrate!("tests/migrations"),
-            postgres: sqlx::migrate!("tests/migrations"),
-        },
-    )
-    .await
-    .unwrap();
-    (dbs, db)
-}
-
 async fn fresh_once_per_consumer(backend: TestBackend) {
-    let (_dbs, db) = database(backend).await;
+    let (_dbs, db) = common::database(backend, "dedup").await;
     let ids = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
 
     let mut tx = db.begin().await.unwrap();
@@ -72,7 +57,7 @@ async fn a_batch_is_fresh_once_per_consumer_on_postgres() {
 }
 
 async fn ids_past_the_retention_are_forgotten(backend: TestBackend) {
-    let (_dbs, db) = database(backend).await;
+    let (_dbs, db) = common::database(backend, "dedup").await;
     // More old ids than one pruning statement takes, then two recent ones.
     let old: Vec<String> = (0..2500).map(|i| format!("old-{i}")).collect();
     let mut tx = db.begin().await.unwrap();
