@@ -346,15 +346,9 @@ pub async fn claim_all<'e>(
     if due.is_empty() {
         return Ok(HashSet::new());
     }
-    // Each term looks a record up by its key; repeats of the last one change nothing.
+    // Repeats of the last record change nothing.
     let padded = platform::db::padded_len(due.len());
-    let terms = platform::db::param_groups(padded, 2, 3, " OR ", |p| {
-        format!("(id, next_attempt_at) = ({p})")
-    });
-    let sql = format!(
-        "UPDATE notifications SET attempts = attempts + 1, next_attempt_at = $1, updated_at = $2 \
-         WHERE status = 'PENDING' AND ({terms}) RETURNING id"
-    );
+    let sql = claim_sql(padded);
     let mut query = sqlx::query_scalar::<_, String>(&sql)
         .bind(to_millis(lease_until))
         .bind(to_millis(now));
@@ -370,6 +364,20 @@ pub async fn claim_all<'e>(
         .iter()
         .map(|id| Uuid::parse_str(id).map_err(|e| sqlx::Error::Decode(Box::new(e))))
         .collect()
+}
+
+/// The claim of `rows` records: `$1` the lease's end, `$2` now, then each record's id and the
+/// due time it was read with. The statement is driven by those keys, each looked up by id: a
+/// plain `WHERE` with one term per record lets SQLite read every PENDING record through the
+/// status index instead, and compare each against every term.
+fn claim_sql(rows: usize) -> String {
+    let keys = platform::db::param_groups(rows, 2, 3, ", ", |p| format!("({p})"));
+    format!(
+        "UPDATE notifications SET attempts = attempts + 1, next_attempt_at = $1, updated_at = $2 \
+         FROM (VALUES {keys}) AS due \
+         WHERE notifications.id = due.column1 AND notifications.next_attempt_at = due.column2 \
+         AND notifications.status = 'PENDING' RETURNING notifications.id"
+    )
 }
 
 /// Marks the records `ids` SENT, in one statement.
@@ -483,16 +491,9 @@ pub async fn list(pool: &AnyPool, f: &Filter) -> Result<Vec<Notification>, sqlx:
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn records_are_written_in_chunks_and_one_recorded_before_is_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("notification.db").display());
-        let db = platform::db::Db::connect(&url, crate::migrations())
-            .await
-            .unwrap();
-        let now = from_millis(to_millis(Utc::now()));
-        let event = Uuid::new_v4();
-        let record = |i: usize| Notification {
+    /// A PENDING mail to admin `i` about `event`, due at `now`.
+    fn pending(event: Uuid, i: usize, now: DateTime<Utc>) -> Notification {
+        Notification {
             id: Uuid::now_v7(),
             booking_id: Uuid::new_v4(),
             event_id: event,
@@ -518,7 +519,69 @@ mod tests {
             created_at: now,
             updated_at: now,
             sent_at: None,
-        };
+        }
+    }
+
+    /// Two senders that read the same due records: the first takes those still PENDING, the
+    /// second (reading before the first claimed) gets none of them.
+    async fn each_due_record_is_claimed_once(backend: platform::testkit::TestBackend) {
+        let dbs = platform::testkit::TestDatabases::new(backend);
+        let db = platform::db::Db::connect(&dbs.create("notification").await, crate::migrations())
+            .await
+            .unwrap();
+        let now = from_millis(to_millis(Utc::now()));
+        let event = Uuid::new_v4();
+        let due: Vec<Notification> = (0..5).map(|i| pending(event, i, now)).collect();
+        let records: Vec<NewRecord> = due
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), admin_key(&format!("admin{i}@example.com"))))
+            .collect();
+        let mut tx = db.begin().await.unwrap();
+        insert_all(&mut tx, &records).await.unwrap();
+        mark_all_sent(&mut tx, &[due[4].id], now).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let lease = now + chrono::Duration::minutes(5);
+        let mut tx = db.begin().await.unwrap();
+        let first = claim_all(&mut tx, &due, lease, now).await.unwrap();
+        tx.commit().await.unwrap();
+        let expected: HashSet<Uuid> = due[..4].iter().map(|n| n.id).collect();
+        assert_eq!(first, expected);
+
+        let mut tx = db.begin().await.unwrap();
+        let second = claim_all(&mut tx, &due, lease, now).await.unwrap();
+        tx.commit().await.unwrap();
+        assert!(second.is_empty(), "claimed twice: {second:?}");
+
+        for n in &due[..4] {
+            let stored = get(&db.pool, n.id).await.unwrap().unwrap();
+            assert_eq!((stored.attempts, stored.next_attempt_at), (1, Some(lease)));
+        }
+        let sent = get(&db.pool, due[4].id).await.unwrap().unwrap();
+        assert_eq!((sent.status, sent.attempts), (Status::Sent, 0));
+    }
+
+    #[tokio::test]
+    async fn each_due_record_is_claimed_once_on_sqlite() {
+        each_due_record_is_claimed_once(platform::testkit::TestBackend::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn each_due_record_is_claimed_once_on_postgres() {
+        each_due_record_is_claimed_once(platform::testkit::TestBackend::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn records_are_written_in_chunks_and_one_recorded_before_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("notification.db").display());
+        let db = platform::db::Db::connect(&url, crate::migrations())
+            .await
+            .unwrap();
+        let now = from_millis(to_millis(Utc::now()));
+        let event = Uuid::new_v4();
+        let record = |i: usize| pending(event, i, now);
         // 37 records: chunks of 32, 4 and 1; the first two were recorded before (other ids).
         let records: Vec<NewRecord> = (0..37)
             .map(|i| (record(i), admin_key(&format!("admin{i}@example.com"))))
@@ -558,11 +621,18 @@ mod tests {
         let db = platform::db::Db::connect(&url, crate::migrations())
             .await
             .unwrap();
-        let sql = "UPDATE notifications SET attempts = attempts + 1 WHERE status = 'PENDING' \
-                   AND ((id, next_attempt_at) = ('a', $1) OR (id, next_attempt_at) = ('b', $2))";
-        let plan = platform::testkit::query_plan(&db, sql, &[1, 2]).await;
+        let rows = 64;
+        let binds = vec![0; 2 + 2 * rows];
+        let plan = platform::testkit::query_plan(&db, &claim_sql(rows), &binds).await;
         assert!(
-            plan.iter().all(|step| !step.starts_with("SCAN")),
+            plan.iter()
+                .any(|step| step.starts_with("SEARCH notifications") && step.contains("(id=?)")),
+            "{plan:?}"
+        );
+        assert!(
+            plan.iter()
+                .all(|step| !step.starts_with("SCAN notifications")
+                    && !step.contains("notifications_due")),
             "{plan:?}"
         );
     }
