@@ -464,27 +464,70 @@ pub struct Filter {
     pub offset: i64,
 }
 
+/// `GET /notifications`'s statement: only the filters in use become predicates, so the
+/// database can take the index that serves them (a booker's records, a booking's) in order,
+/// newest first, instead of walking every record from the newest (a predicate such as
+/// `($1 IS NULL OR booking_id = $1)` can use no index). Parameters: the filters in use in
+/// [`Filter`]'s order, then limit and offset.
+fn list_sql(f: &Filter) -> String {
+    let mut bound = 0;
+    let mut next = || {
+        bound += 1;
+        format!("${bound}")
+    };
+    let mut predicates = Vec::new();
+    if f.owner.is_some() {
+        predicates.push(format!(
+            "booking_user_id = {} AND recipient_role = 'BOOKER'",
+            next()
+        ));
+    }
+    for (used, column) in [
+        (f.booking.is_some(), "booking_id"),
+        (f.status.is_some(), "status"),
+        (f.kind.is_some(), "kind"),
+    ] {
+        if used {
+            predicates.push(format!("{column} = {}", next()));
+        }
+    }
+    let filter = if predicates.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", predicates.join(" AND "))
+    };
+    format!(
+        "SELECT {COLUMNS} FROM notifications{filter} ORDER BY created_at DESC, id DESC \
+         LIMIT {} OFFSET {}",
+        next(),
+        next()
+    )
+}
+
 /// Newest first.
 pub async fn list(pool: &AnyPool, f: &Filter) -> Result<Vec<Notification>, sqlx::Error> {
-    // Unused filters are NULL and match everything, keeping one statement.
-    sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM notifications \
-         WHERE ($1 IS NULL OR (booking_user_id = $1 AND recipient_role = 'BOOKER')) \
-           AND ($2 IS NULL OR booking_id = $2) AND ($3 IS NULL OR status = $3) \
-           AND ($4 IS NULL OR kind = $4) \
-         ORDER BY created_at DESC, id DESC LIMIT $5 OFFSET $6"
-    ))
-    .bind(&f.owner)
-    .bind(f.booking.map(|b| b.to_string()))
-    .bind(f.status.map(Status::as_str))
-    .bind(f.kind.map(Kind::as_str))
-    .bind(f.limit)
-    .bind(f.offset)
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(from_row)
-    .collect()
+    let sql = list_sql(f);
+    let mut query = sqlx::query(&sql);
+    if let Some(owner) = &f.owner {
+        query = query.bind(owner);
+    }
+    if let Some(booking) = f.booking {
+        query = query.bind(booking.to_string());
+    }
+    if let Some(status) = f.status {
+        query = query.bind(status.as_str());
+    }
+    if let Some(kind) = f.kind {
+        query = query.bind(kind.as_str());
+    }
+    query
+        .bind(f.limit)
+        .bind(f.offset)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(from_row)
+        .collect()
 }
 
 #[cfg(test)]
@@ -656,5 +699,55 @@ mod tests {
                     && step.contains("(booking_id=?)")),
             "{plan:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_list_by_booker_or_booking_reads_only_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("notification.db").display());
+        let db = platform::db::Db::connect(&url, crate::migrations())
+            .await
+            .unwrap();
+        let cases = [
+            (
+                Filter {
+                    owner: Some("alice".into()),
+                    ..Filter::default()
+                },
+                "notifications_user",
+            ),
+            (
+                Filter {
+                    owner: Some("alice".into()),
+                    booking: Some(Uuid::now_v7()),
+                    ..Filter::default()
+                },
+                // Either index narrows it to a few records.
+                "USING INDEX notifications_",
+            ),
+            (
+                Filter {
+                    booking: Some(Uuid::now_v7()),
+                    kind: Some(Kind::Booked),
+                    ..Filter::default()
+                },
+                "notifications_booking",
+            ),
+        ];
+        for (filter, index) in cases {
+            let sql = list_sql(&filter);
+            let binds = vec![0; sql.matches('$').count()];
+            let plan = platform::testkit::query_plan(&db, &sql, &binds).await;
+            assert!(
+                plan.iter()
+                    .any(|step| step.starts_with("SEARCH notifications") && step.contains(index)),
+                "{filter:?}: {plan:?}"
+            );
+            assert!(
+                plan.iter()
+                    .all(|step| !step.starts_with("SCAN notifications")),
+                "{filter:?}: {plan:?}"
+            );
+        }
     }
 }
