@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use platform::{
     contract::{CancelReason, RoomId},
+    db::Conditions,
     time::{from_millis, to_millis},
 };
 use sqlx::{any::AnyRow, Any, Executor, Row as _};
@@ -154,27 +155,45 @@ pub struct BookingFilter {
     pub offset: i64,
 }
 
+/// `GET /bookings`'s statement, with only the filters in use ([`Conditions`]): a user's own
+/// bookings, or a room's, are read through their index. Parameters: the filters in use in
+/// [`BookingFilter`]'s order, then limit and offset.
+fn list_sql(f: &BookingFilter) -> String {
+    let mut c = Conditions::default();
+    c.equal_if(f.user.is_some(), "booking_user_id");
+    c.equal_if(f.room.is_some(), "room_id");
+    c.equal_if(f.status.is_some(), "status");
+    let filter = c.where_clause();
+    let (limit, offset) = (c.param(), c.param());
+    format!(
+        "SELECT {BOOKING_COLUMNS} FROM bookings{filter} ORDER BY start_ms, id \
+         LIMIT {limit} OFFSET {offset}"
+    )
+}
+
 pub async fn list_bookings<'c, E: Executor<'c, Database = Any>>(
     db: E,
     f: &BookingFilter,
 ) -> Result<Vec<Booking>, sqlx::Error> {
-    // Unused filters compare a column with itself through a NULL check, keeping one statement.
-    sqlx::query(&format!(
-        "SELECT {BOOKING_COLUMNS} FROM bookings \
-         WHERE ($1 IS NULL OR booking_user_id = $1) AND ($2 IS NULL OR room_id = $2) \
-           AND ($3 IS NULL OR status = $3) \
-         ORDER BY start_ms, id LIMIT $4 OFFSET $5"
-    ))
-    .bind(&f.user)
-    .bind(f.room)
-    .bind(f.status.map(BookingStatus::as_str))
-    .bind(f.limit)
-    .bind(f.offset)
-    .fetch_all(db)
-    .await?
-    .iter()
-    .map(booking_from_row)
-    .collect()
+    let sql = list_sql(f);
+    let mut query = sqlx::query(&sql);
+    if let Some(user) = &f.user {
+        query = query.bind(user);
+    }
+    if let Some(room) = f.room {
+        query = query.bind(room);
+    }
+    if let Some(status) = f.status {
+        query = query.bind(status.as_str());
+    }
+    query
+        .bind(f.limit)
+        .bind(f.offset)
+        .fetch_all(db)
+        .await?
+        .iter()
+        .map(booking_from_row)
+        .collect()
 }
 
 /// Live bookings of `room` intersecting `[from, to)`, in time order.
@@ -301,5 +320,41 @@ mod tests {
             plan,
             ["SEARCH bookings USING INDEX bookings_room_end (room_id=? AND end_ms>?)"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_users_or_rooms_bookings_are_listed_through_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("booking.db").display());
+        let db = platform::db::Db::connect(&url, crate::migrations())
+            .await
+            .unwrap();
+        let cases = [
+            (
+                BookingFilter {
+                    user: Some("alice".into()),
+                    ..BookingFilter::default()
+                },
+                "bookings_user (booking_user_id=?)",
+            ),
+            (
+                BookingFilter {
+                    room: Some(7),
+                    status: Some(BookingStatus::Booked),
+                    ..BookingFilter::default()
+                },
+                "bookings_room_time (room_id=?)",
+            ),
+        ];
+        for (filter, index) in cases {
+            let sql = list_sql(&filter);
+            let binds = vec![0; sql.matches('$').count()];
+            let plan = platform::testkit::query_plan(&db, &sql, &binds).await;
+            assert!(
+                plan.iter()
+                    .any(|step| step == &format!("SEARCH bookings USING INDEX {index}")),
+                "{filter:?}: {plan:?}"
+            );
+        }
     }
 }

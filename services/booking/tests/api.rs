@@ -212,6 +212,57 @@ async fn users_see_and_cancel_only_their_own_bookings() {
 }
 
 #[tokio::test]
+async fn bookings_are_listed_by_room_and_status_in_time_order() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for (room, hour) in [(101, 15), (102, 9), (101, 8)] {
+        let body =
+            json!({"roomId": room, "useStartDtm": tomorrow(hour), "useEndDtm": tomorrow(hour + 1)});
+        let (status, _, b) = app.post_booking(&body.to_string()).await;
+        assert_eq!(status, StatusCode::CREATED);
+        ids.push(b["id"].as_str().unwrap().to_string());
+    }
+    let (status, _, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/bookings/{}", ids[0]),
+            Some(("alice", "user")),
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{status}");
+    let listed = |path: &'static str, who: (&'static str, &'static str)| {
+        let app = &app;
+        async move {
+            let (status, _, v) = app.call(Method::GET, path, Some(who), None).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let admin = ("admin", "admin");
+    // Room 101's bookings, earliest first.
+    assert_eq!(
+        listed("/bookings?roomId=101", admin).await,
+        [ids[2].clone(), ids[0].clone()]
+    );
+    assert_eq!(
+        listed("/bookings?roomId=101&status=CANCELLED", admin).await,
+        [ids[0].clone()]
+    );
+    assert_eq!(
+        listed("/bookings?roomId=102", ("alice", "user")).await,
+        [ids[1].clone()]
+    );
+    assert!(listed("/bookings?roomId=102", ("mallory", "user"))
+        .await
+        .is_empty());
+}
+
+#[tokio::test]
 async fn rooms_are_listed_created_by_admins_and_show_availability() {
     let app = spawn_app().await;
     let (status, _, rooms) = app.call(Method::GET, "/rooms", None, None).await;

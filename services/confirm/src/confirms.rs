@@ -8,7 +8,7 @@ use platform::{
         Body, ConfirmClosed, ConfirmDecided, ConfirmExpired, ConfirmRequested, Envelope,
         RequestConfirm, RoomId,
     },
-    db::{Db, Tx},
+    db::{Conditions, Db, Tx},
     outbox::{self, OutboxSignal},
     time::{from_millis, now_millis, to_millis},
     trace::TraceParent,
@@ -159,23 +159,42 @@ pub struct ConfirmFilter {
     pub offset: i64,
 }
 
+/// `GET /confirms`'s statement, with only the filters in use ([`Conditions`]): the open
+/// requests of a status (the approval queue) are read through their index, oldest first.
+/// Parameters: the filters in use in [`ConfirmFilter`]'s order, then limit and offset.
+fn list_sql(f: &ConfirmFilter) -> String {
+    let mut c = Conditions::default();
+    c.push("requested = 1");
+    c.equal_if(f.status.is_some(), "status");
+    c.equal_if(f.booking_id.is_some(), "booking_id");
+    if !f.include_closed {
+        c.push("closed_at IS NULL");
+    }
+    let filter = c.where_clause();
+    let (limit, offset) = (c.param(), c.param());
+    format!(
+        "SELECT {COLUMNS} FROM confirms{filter} ORDER BY created_at, id \
+         LIMIT {limit} OFFSET {offset}"
+    )
+}
+
 pub async fn list(db: &Db, f: &ConfirmFilter) -> Result<Vec<Confirm>, sqlx::Error> {
-    sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM confirms WHERE requested = 1 \
-           AND ($1 IS NULL OR status = $1) AND ($2 IS NULL OR booking_id = $2) \
-           AND ($3 = 1 OR closed_at IS NULL) \
-         ORDER BY created_at, id LIMIT $4 OFFSET $5"
-    ))
-    .bind(f.status.map(ConfirmStatus::as_str))
-    .bind(f.booking_id.map(|b| b.to_string()))
-    .bind(i64::from(f.include_closed))
-    .bind(f.limit)
-    .bind(f.offset)
-    .fetch_all(&db.pool)
-    .await?
-    .iter()
-    .map(from_row)
-    .collect()
+    let sql = list_sql(f);
+    let mut query = sqlx::query(&sql);
+    if let Some(status) = f.status {
+        query = query.bind(status.as_str());
+    }
+    if let Some(booking) = f.booking_id {
+        query = query.bind(booking.to_string());
+    }
+    query
+        .bind(f.limit)
+        .bind(f.offset)
+        .fetch_all(&db.pool)
+        .await?
+        .iter()
+        .map(from_row)
+        .collect()
 }
 
 async fn insert(tx: &mut Tx, c: &Confirm, requested: bool) -> Result<(), sqlx::Error> {
@@ -481,4 +500,29 @@ pub async fn decide(
         return Ok(c);
     }
     Err(sqlx::Error::RowNotFound.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_approval_queue_is_listed_through_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("confirm.db").display());
+        let db = Db::connect(&url, crate::migrations()).await.unwrap();
+        let queue = ConfirmFilter {
+            status: Some(ConfirmStatus::Booked),
+            ..ConfirmFilter::default()
+        };
+        let sql = list_sql(&queue);
+        let binds = vec![0; sql.matches('$').count()];
+        let plan = platform::testkit::query_plan(&db, &sql, &binds).await;
+        assert!(
+            plan.iter().any(|step| step.starts_with(
+                "SEARCH confirms USING INDEX confirms_queue (status=? AND closed_at=?)"
+            )),
+            "{plan:?}"
+        );
+    }
 }

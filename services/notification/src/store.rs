@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use platform::{
     contract::RoomId,
-    db::Tx,
+    db::{Conditions, Tx},
     time::{from_millis, to_millis},
 };
 use sqlx::{any::AnyRow, Any, AnyPool, Executor, Row as _};
@@ -464,43 +464,25 @@ pub struct Filter {
     pub offset: i64,
 }
 
-/// `GET /notifications`'s statement: only the filters in use become predicates, so the
-/// database can take the index that serves them (a booker's records, a booking's) in order,
-/// newest first, instead of walking every record from the newest (a predicate such as
-/// `($1 IS NULL OR booking_id = $1)` can use no index). Parameters: the filters in use in
-/// [`Filter`]'s order, then limit and offset.
+/// `GET /notifications`'s statement, with only the filters in use ([`Conditions`]): a
+/// booker's or a booking's records are read through their index, newest first. Parameters:
+/// the filters in use in [`Filter`]'s order, then limit and offset.
 fn list_sql(f: &Filter) -> String {
-    let mut bound = 0;
-    let mut next = || {
-        bound += 1;
-        format!("${bound}")
-    };
-    let mut predicates = Vec::new();
+    let mut c = Conditions::default();
     if f.owner.is_some() {
-        predicates.push(format!(
-            "booking_user_id = {} AND recipient_role = 'BOOKER'",
-            next()
+        let owner = c.param();
+        c.push(format!(
+            "booking_user_id = {owner} AND recipient_role = 'BOOKER'"
         ));
     }
-    for (used, column) in [
-        (f.booking.is_some(), "booking_id"),
-        (f.status.is_some(), "status"),
-        (f.kind.is_some(), "kind"),
-    ] {
-        if used {
-            predicates.push(format!("{column} = {}", next()));
-        }
-    }
-    let filter = if predicates.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", predicates.join(" AND "))
-    };
+    c.equal_if(f.booking.is_some(), "booking_id");
+    c.equal_if(f.status.is_some(), "status");
+    c.equal_if(f.kind.is_some(), "kind");
+    let filter = c.where_clause();
+    let (limit, offset) = (c.param(), c.param());
     format!(
         "SELECT {COLUMNS} FROM notifications{filter} ORDER BY created_at DESC, id DESC \
-         LIMIT {} OFFSET {}",
-        next(),
-        next()
+         LIMIT {limit} OFFSET {offset}"
     )
 }
 

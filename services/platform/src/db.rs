@@ -531,6 +531,47 @@ async fn prune_processed_batch(db: &Db, cutoff_millis: i64) -> Result<u64, sqlx:
     }
 }
 
+/// The `WHERE` clause of a list request, made of only the filters it uses: a predicate such
+/// as `($1 IS NULL OR booking_id = $1)`, which keeps one statement for every combination, can
+/// use no index, so the database would read the whole table for every page. Parameters are
+/// numbered in the order they are taken; bind them in that order.
+#[derive(Debug, Default)]
+pub struct Conditions {
+    terms: Vec<String>,
+    taken: usize,
+}
+
+impl Conditions {
+    /// The next parameter's placeholder (for a term, or for `LIMIT` and `OFFSET` after the
+    /// terms).
+    pub fn param(&mut self) -> String {
+        self.taken += 1;
+        format!("${}", self.taken)
+    }
+
+    /// Adds a term as it is.
+    pub fn push(&mut self, term: impl Into<String>) {
+        self.terms.push(term.into());
+    }
+
+    /// Adds `column = $n` when `used`.
+    pub fn equal_if(&mut self, used: bool, column: &str) {
+        if used {
+            let param = self.param();
+            self.terms.push(format!("{column} = {param}"));
+        }
+    }
+
+    /// ` WHERE a AND b`, or nothing when no term was added.
+    pub fn where_clause(&self) -> String {
+        if self.terms.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.terms.join(" AND "))
+        }
+    }
+}
+
 /// Placeholders `$first, …` for `count` parameters.
 pub fn params(first: usize, count: usize) -> String {
     let list: Vec<String> = (first..first + count).map(|p| format!("${p}")).collect();
@@ -637,6 +678,26 @@ pub fn error_mentions(e: &sqlx::Error, needle: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conditions_hold_only_the_filters_in_use_numbered_in_order() {
+        let mut none = Conditions::default();
+        none.equal_if(false, "status");
+        assert_eq!(none.where_clause(), "");
+        assert_eq!(none.param(), "$1");
+
+        let mut c = Conditions::default();
+        c.push("requested = 1");
+        c.equal_if(false, "status");
+        c.equal_if(true, "booking_id");
+        let owner = c.param();
+        c.push(format!("owner = {owner}"));
+        assert_eq!(
+            c.where_clause(),
+            " WHERE requested = 1 AND booking_id = $1 AND owner = $2"
+        );
+        assert_eq!((c.param(), c.param()), ("$3".to_string(), "$4".to_string()));
+    }
 
     #[test]
     fn placeholders_are_numbered_on_from_the_first_and_grouped() {
