@@ -399,17 +399,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_sagas_in_a_state_are_listed_through_their_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("orchestrator.db").display());
-        let db = Db::connect(&url, crate::migrations()).await.unwrap();
         let waiting = SagaFilter {
             state: Some(SagaState::AwaitingApproval),
             older_than: Some(Utc::now()),
             ..SagaFilter::default()
         };
         let sql = list_sql(&waiting);
-        let binds = vec![0; sql.matches('$').count()];
-        let plan = platform::testkit::query_plan(&db, &sql, &binds).await;
+        let plan = platform::testkit::plan_on_empty_sqlite(crate::migrations(), &sql).await;
         // (Rows updated in the same millisecond are put in booking order apart.)
         assert_eq!(
             plan,

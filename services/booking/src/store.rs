@@ -309,13 +309,8 @@ mod tests {
 
     #[tokio::test]
     async fn overlap_queries_read_a_rooms_calendar_by_end_time_not_its_history() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("booking.db").display());
-        let db = platform::db::Db::connect(&url, crate::migrations())
-            .await
-            .unwrap();
         let sql = format!("SELECT id FROM bookings WHERE {OVERLAPPING}");
-        let plan = platform::testkit::query_plan(&db, &sql, &[1, 2, 1]).await;
+        let plan = platform::testkit::plan_on_empty_sqlite(crate::migrations(), &sql).await;
         assert_eq!(
             plan,
             ["SEARCH bookings USING INDEX bookings_room_end (room_id=? AND end_ms>?)"]
@@ -324,11 +319,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_users_or_rooms_bookings_are_listed_through_their_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("booking.db").display());
-        let db = platform::db::Db::connect(&url, crate::migrations())
-            .await
-            .unwrap();
         let cases = [
             (
                 BookingFilter {
@@ -348,8 +338,7 @@ mod tests {
         ];
         for (filter, index) in cases {
             let sql = list_sql(&filter);
-            let binds = vec![0; sql.matches('$').count()];
-            let plan = platform::testkit::query_plan(&db, &sql, &binds).await;
+            let plan = platform::testkit::plan_on_empty_sqlite(crate::migrations(), &sql).await;
             assert!(
                 plan.iter()
                     .any(|step| step == &format!("SEARCH bookings USING INDEX {index}")),

@@ -508,16 +508,12 @@ mod tests {
 
     #[tokio::test]
     async fn the_approval_queue_is_listed_through_its_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("confirm.db").display());
-        let db = Db::connect(&url, crate::migrations()).await.unwrap();
         let queue = ConfirmFilter {
             status: Some(ConfirmStatus::Booked),
             ..ConfirmFilter::default()
         };
         let sql = list_sql(&queue);
-        let binds = vec![0; sql.matches('$').count()];
-        let plan = platform::testkit::query_plan(&db, &sql, &binds).await;
+        let plan = platform::testkit::plan_on_empty_sqlite(crate::migrations(), &sql).await;
         assert!(
             plan.iter().any(|step| step.starts_with(
                 "SEARCH confirms USING INDEX confirms_queue (status=? AND closed_at=?)"

@@ -641,14 +641,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_round_claims_its_records_by_key_not_by_reading_the_table() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("notification.db").display());
-        let db = platform::db::Db::connect(&url, crate::migrations())
-            .await
-            .unwrap();
         let rows = 64;
-        let binds = vec![0; 2 + 2 * rows];
-        let plan = platform::testkit::query_plan(&db, &claim_sql(rows), &binds).await;
+        let plan =
+            platform::testkit::plan_on_empty_sqlite(crate::migrations(), &claim_sql(rows)).await;
         assert!(
             plan.iter()
                 .any(|step| step.starts_with("SEARCH notifications") && step.contains("(id=?)")),
@@ -664,13 +659,8 @@ mod tests {
 
     #[tokio::test]
     async fn waiting_mail_is_matched_to_its_booking_by_key_not_by_reading_every_booking() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("notification.db").display());
-        let db = platform::db::Db::connect(&url, crate::migrations())
-            .await
-            .unwrap();
         let sql = format!("SELECT id FROM notifications WHERE {RESOLVABLE}");
-        let plan = platform::testkit::query_plan(&db, &sql, &[]).await;
+        let plan = platform::testkit::plan_on_empty_sqlite(crate::migrations(), &sql).await;
         assert!(
             plan.iter().all(|step| !step.starts_with("SCAN")),
             "{plan:?}"
@@ -685,11 +675,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_list_by_booker_or_booking_reads_only_their_records() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("notification.db").display());
-        let db = platform::db::Db::connect(&url, crate::migrations())
-            .await
-            .unwrap();
         let cases = [
             (
                 Filter {
@@ -718,8 +703,7 @@ mod tests {
         ];
         for (filter, index) in cases {
             let sql = list_sql(&filter);
-            let binds = vec![0; sql.matches('$').count()];
-            let plan = platform::testkit::query_plan(&db, &sql, &binds).await;
+            let plan = platform::testkit::plan_on_empty_sqlite(crate::migrations(), &sql).await;
             assert!(
                 plan.iter()
                     .any(|step| step.starts_with("SEARCH notifications") && step.contains(index)),

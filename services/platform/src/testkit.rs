@@ -203,6 +203,18 @@ pub async fn query_plan(db: &crate::db::Db, sql: &str, binds: &[i64]) -> Vec<Str
         .collect()
 }
 
+/// [`query_plan`] on a new, empty SQLite database with `migrations` applied, with 0 bound to each
+/// of the statement's `$n` parameters.
+pub async fn plan_on_empty_sqlite(migrations: crate::db::Migrations, sql: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}/plan.db", dir.path().display());
+    let db = crate::db::Db::connect(&url, migrations)
+        .await
+        .expect("a SQLite database");
+    let params = (1..).take_while(|n| sql.contains(&format!("${n}"))).count();
+    query_plan(&db, sql, &vec![0; params]).await
+}
+
 /// Whether a Prometheus text exposition has a line of the metric `name` carrying every one of
 /// `labels` (each written as `key="value"`).
 pub fn has_series(metrics: &str, name: &str, labels: &[&str]) -> bool {
