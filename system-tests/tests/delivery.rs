@@ -53,10 +53,7 @@ async fn events_in_streams(js: &jetstream::Context) -> u64 {
 async fn every_message_delivered_twice_has_no_second_effect(backend: TestBackend) {
     let stack = Stack::start(backend).await;
     let js = stack.jetstream().await;
-    // Listen to everything published on the bus, commands included (they leave the work queue).
-    let client = async_nats::connect(stack.nats.url()).await.unwrap();
-    let mut tap = client.subscribe("roombook.>").await.unwrap();
-    client.flush().await.unwrap();
+    let mut tap = stack.tap().await;
 
     let (approved, _) = stack.book_and_approve("alice", 101, future(3, 9)).await;
     let denied = stack.book("bob", 102, future(3, 9)).await;

@@ -89,9 +89,7 @@ async fn every_service_serves_prometheus_metrics_of_its_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_id_follows_a_booking_from_http_through_every_message() {
     let stack = Stack::start(TestBackend::Sqlite).await;
-    let client = async_nats::connect(stack.nats.url()).await.unwrap();
-    let mut tap = client.subscribe("roombook.>").await.unwrap();
-    client.flush().await.unwrap();
+    let mut tap = stack.tap().await;
 
     let root = TraceParent::new_root();
     let start = future(4, 9);

@@ -137,6 +137,33 @@ impl Stack {
         )
     }
 
+    /// A subscription to everything published on the bus (commands included, which leave the
+    /// work queue), known to be in place: a flush only hands the subscription to the socket, so
+    /// a probe published after it is awaited first. The probe's subject is in no stream.
+    pub async fn tap(&self) -> async_nats::Subscriber {
+        use futures::StreamExt as _;
+        let client = async_nats::connect(self.nats.url())
+            .await
+            .expect("connect to nats");
+        let mut tap = client.subscribe("roombook.>").await.expect("subscribe");
+        let probe = format!("roombook.tap-probe.{}", uuid::Uuid::new_v4());
+        client
+            .publish(probe.clone(), "".into())
+            .await
+            .expect("publish the probe");
+        tokio::time::timeout(WAIT, async {
+            while let Some(msg) = tap.next().await {
+                if msg.subject.as_str() == probe {
+                    return;
+                }
+            }
+            panic!("the tap ended before its probe arrived");
+        })
+        .await
+        .expect("the tap's probe arrives");
+        tap
+    }
+
     fn request(
         &self,
         method: reqwest::Method,
