@@ -298,23 +298,24 @@ pub struct SagaFilter {
     pub stuck: Option<bool>,
 }
 
-/// `GET /sagas`'s statement, with only the filters in use ([`platform::db::Conditions`]): the
-/// sagas in a state are read through their index, oldest update first. Parameters: the filters
-/// in use in [`SagaFilter`]'s order, then limit and offset.
-fn list_sql(f: &SagaFilter) -> String {
+/// `GET /sagas`'s statement and its arguments, with only the filters in use
+/// ([`platform::db::Conditions`]): the sagas in a state are read through their index, oldest
+/// update first.
+fn list_query(f: &SagaFilter, limit: i64, offset: i64) -> (String, platform::db::Conditions) {
     let mut c = platform::db::Conditions::default();
-    c.equal_if(f.state.is_some(), "state");
-    if f.older_than.is_some() {
-        let before = c.param();
+    c.equal("state", f.state.map(SagaState::as_str));
+    if let Some(before) = f.older_than {
+        let before = c.param(to_millis(before));
         c.push(format!("updated_at < {before}"));
     }
-    c.equal_if(f.stuck.is_some(), "stuck");
+    c.equal("stuck", f.stuck.map(i64::from));
     let filter = c.where_clause();
-    let (limit, offset) = (c.param(), c.param());
-    format!(
+    let (limit, offset) = (c.param(limit), c.param(offset));
+    let sql = format!(
         "SELECT {COLUMNS} FROM sagas{filter} ORDER BY updated_at, booking_id \
          LIMIT {limit} OFFSET {offset}"
-    )
+    );
+    (sql, c)
 }
 
 /// Sagas matching `f`, oldest update first.
@@ -324,20 +325,8 @@ pub async fn list(
     limit: i64,
     offset: i64,
 ) -> Result<Vec<StoredSaga>, sqlx::Error> {
-    let sql = list_sql(f);
-    let mut query = sqlx::query(&sql);
-    if let Some(state) = f.state {
-        query = query.bind(state.as_str());
-    }
-    if let Some(before) = f.older_than {
-        query = query.bind(to_millis(before));
-    }
-    if let Some(stuck) = f.stuck {
-        query = query.bind(i64::from(stuck));
-    }
-    query
-        .bind(limit)
-        .bind(offset)
+    let (sql, args) = list_query(f, limit, offset);
+    args.bind(sqlx::query(&sql))
         .fetch_all(&db.pool)
         .await?
         .iter()
@@ -404,7 +393,7 @@ mod tests {
             older_than: Some(Utc::now()),
             ..SagaFilter::default()
         };
-        let sql = list_sql(&waiting);
+        let (sql, _) = list_query(&waiting, 100, 0);
         let plan = platform::testkit::plan_on_empty_sqlite(crate::migrations(), &sql).await;
         // (Rows updated in the same millisecond are put in booking order apart.)
         assert_eq!(

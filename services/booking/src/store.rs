@@ -155,40 +155,28 @@ pub struct BookingFilter {
     pub offset: i64,
 }
 
-/// `GET /bookings`'s statement, with only the filters in use ([`Conditions`]): a user's own
-/// bookings, or a room's, are read through their index. Parameters: the filters in use in
-/// [`BookingFilter`]'s order, then limit and offset.
-fn list_sql(f: &BookingFilter) -> String {
+/// `GET /bookings`'s statement and its arguments, with only the filters in use
+/// ([`Conditions`]): a user's own bookings, or a room's, are read through their index.
+fn list_query(f: &BookingFilter) -> (String, Conditions) {
     let mut c = Conditions::default();
-    c.equal_if(f.user.is_some(), "booking_user_id");
-    c.equal_if(f.room.is_some(), "room_id");
-    c.equal_if(f.status.is_some(), "status");
+    c.equal("booking_user_id", f.user.as_deref());
+    c.equal("room_id", f.room);
+    c.equal("status", f.status.map(BookingStatus::as_str));
     let filter = c.where_clause();
-    let (limit, offset) = (c.param(), c.param());
-    format!(
+    let (limit, offset) = (c.param(f.limit), c.param(f.offset));
+    let sql = format!(
         "SELECT {BOOKING_COLUMNS} FROM bookings{filter} ORDER BY start_ms, id \
          LIMIT {limit} OFFSET {offset}"
-    )
+    );
+    (sql, c)
 }
 
 pub async fn list_bookings<'c, E: Executor<'c, Database = Any>>(
     db: E,
     f: &BookingFilter,
 ) -> Result<Vec<Booking>, sqlx::Error> {
-    let sql = list_sql(f);
-    let mut query = sqlx::query(&sql);
-    if let Some(user) = &f.user {
-        query = query.bind(user);
-    }
-    if let Some(room) = f.room {
-        query = query.bind(room);
-    }
-    if let Some(status) = f.status {
-        query = query.bind(status.as_str());
-    }
-    query
-        .bind(f.limit)
-        .bind(f.offset)
+    let (sql, args) = list_query(f);
+    args.bind(sqlx::query(&sql))
         .fetch_all(db)
         .await?
         .iter()
@@ -337,7 +325,7 @@ mod tests {
             ),
         ];
         for (filter, index) in cases {
-            let sql = list_sql(&filter);
+            let (sql, _) = list_query(&filter);
             let plan = platform::testkit::plan_on_empty_sqlite(crate::migrations(), &sql).await;
             assert!(
                 plan.iter()

@@ -11,7 +11,7 @@ use std::{collections::HashMap, sync::LazyLock};
 
 use platform::{
     contract::{CancelReason, Envelope},
-    db::Tx,
+    db::{AnyQuery, Tx},
     time::{from_millis, to_millis},
 };
 use sqlx::{any::AnyRow, Any, Executor, Row as _};
@@ -187,8 +187,6 @@ pub async fn get<'c, E: Executor<'c, Database = Any>>(
     .map(|r| from_row(&r))
     .transpose()
 }
-
-type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>;
 
 /// The columns an index covers besides `booking_id` and `change_seq`. They are set once, when
 /// the booking becomes known; a save that leaves them as they were updates only the others,

@@ -159,37 +159,29 @@ pub struct ConfirmFilter {
     pub offset: i64,
 }
 
-/// `GET /confirms`'s statement, with only the filters in use ([`Conditions`]): the open
-/// requests of a status (the approval queue) are read through their index, oldest first.
-/// Parameters: the filters in use in [`ConfirmFilter`]'s order, then limit and offset.
-fn list_sql(f: &ConfirmFilter) -> String {
+/// `GET /confirms`'s statement and its arguments, with only the filters in use
+/// ([`Conditions`]): the open requests of a status (the approval queue) are read through their
+/// index, oldest first.
+fn list_query(f: &ConfirmFilter) -> (String, Conditions) {
     let mut c = Conditions::default();
     c.push("requested = 1");
-    c.equal_if(f.status.is_some(), "status");
-    c.equal_if(f.booking_id.is_some(), "booking_id");
+    c.equal("status", f.status.map(ConfirmStatus::as_str));
+    c.equal("booking_id", f.booking_id.map(|b| b.to_string()));
     if !f.include_closed {
         c.push("closed_at IS NULL");
     }
     let filter = c.where_clause();
-    let (limit, offset) = (c.param(), c.param());
-    format!(
+    let (limit, offset) = (c.param(f.limit), c.param(f.offset));
+    let sql = format!(
         "SELECT {COLUMNS} FROM confirms{filter} ORDER BY created_at, id \
          LIMIT {limit} OFFSET {offset}"
-    )
+    );
+    (sql, c)
 }
 
 pub async fn list(db: &Db, f: &ConfirmFilter) -> Result<Vec<Confirm>, sqlx::Error> {
-    let sql = list_sql(f);
-    let mut query = sqlx::query(&sql);
-    if let Some(status) = f.status {
-        query = query.bind(status.as_str());
-    }
-    if let Some(booking) = f.booking_id {
-        query = query.bind(booking.to_string());
-    }
-    query
-        .bind(f.limit)
-        .bind(f.offset)
+    let (sql, args) = list_query(f);
+    args.bind(sqlx::query(&sql))
         .fetch_all(&db.pool)
         .await?
         .iter()
@@ -512,7 +504,7 @@ mod tests {
             status: Some(ConfirmStatus::Booked),
             ..ConfirmFilter::default()
         };
-        let sql = list_sql(&queue);
+        let (sql, _) = list_query(&queue);
         let plan = platform::testkit::plan_on_empty_sqlite(crate::migrations(), &sql).await;
         assert!(
             plan.iter().any(|step| step.starts_with(

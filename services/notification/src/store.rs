@@ -464,47 +464,33 @@ pub struct Filter {
     pub offset: i64,
 }
 
-/// `GET /notifications`'s statement, with only the filters in use ([`Conditions`]): a
-/// booker's or a booking's records are read through their index, newest first. Parameters:
-/// the filters in use in [`Filter`]'s order, then limit and offset.
-fn list_sql(f: &Filter) -> String {
+/// `GET /notifications`'s statement and its arguments, with only the filters in use
+/// ([`Conditions`]): a booker's or a booking's records are read through their index, newest
+/// first.
+fn list_query(f: &Filter) -> (String, Conditions) {
     let mut c = Conditions::default();
-    if f.owner.is_some() {
-        let owner = c.param();
+    if let Some(owner) = f.owner.as_deref() {
+        let owner = c.param(owner);
         c.push(format!(
             "booking_user_id = {owner} AND recipient_role = 'BOOKER'"
         ));
     }
-    c.equal_if(f.booking.is_some(), "booking_id");
-    c.equal_if(f.status.is_some(), "status");
-    c.equal_if(f.kind.is_some(), "kind");
+    c.equal("booking_id", f.booking.map(|b| b.to_string()));
+    c.equal("status", f.status.map(Status::as_str));
+    c.equal("kind", f.kind.map(Kind::as_str));
     let filter = c.where_clause();
-    let (limit, offset) = (c.param(), c.param());
-    format!(
+    let (limit, offset) = (c.param(f.limit), c.param(f.offset));
+    let sql = format!(
         "SELECT {COLUMNS} FROM notifications{filter} ORDER BY created_at DESC, id DESC \
          LIMIT {limit} OFFSET {offset}"
-    )
+    );
+    (sql, c)
 }
 
 /// Newest first.
 pub async fn list(pool: &AnyPool, f: &Filter) -> Result<Vec<Notification>, sqlx::Error> {
-    let sql = list_sql(f);
-    let mut query = sqlx::query(&sql);
-    if let Some(owner) = &f.owner {
-        query = query.bind(owner);
-    }
-    if let Some(booking) = f.booking {
-        query = query.bind(booking.to_string());
-    }
-    if let Some(status) = f.status {
-        query = query.bind(status.as_str());
-    }
-    if let Some(kind) = f.kind {
-        query = query.bind(kind.as_str());
-    }
-    query
-        .bind(f.limit)
-        .bind(f.offset)
+    let (sql, args) = list_query(f);
+    args.bind(sqlx::query(&sql))
         .fetch_all(pool)
         .await?
         .iter()
@@ -702,7 +688,7 @@ mod tests {
             ),
         ];
         for (filter, index) in cases {
-            let sql = list_sql(&filter);
+            let (sql, _) = list_query(&filter);
             let plan = platform::testkit::plan_on_empty_sqlite(crate::migrations(), &sql).await;
             assert!(
                 plan.iter()

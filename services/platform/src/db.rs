@@ -531,22 +531,51 @@ async fn prune_processed_batch(db: &Db, cutoff_millis: i64) -> Result<u64, sqlx:
     }
 }
 
-/// The `WHERE` clause of a list request, made of only the filters it uses: a predicate such
-/// as `($1 IS NULL OR booking_id = $1)`, which keeps one statement for every combination, can
-/// use no index, so the database would read the whole table for every page. Parameters are
-/// numbered in the order they are taken; bind them in that order.
+/// A query on the `Any` driver, with its arguments.
+pub type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>;
+
+/// A value bound to a list request's parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    Text(String),
+    Int(i64),
+}
+
+impl From<String> for Param {
+    fn from(v: String) -> Self {
+        Param::Text(v)
+    }
+}
+
+impl From<&str> for Param {
+    fn from(v: &str) -> Self {
+        Param::Text(v.to_string())
+    }
+}
+
+impl From<i64> for Param {
+    fn from(v: i64) -> Self {
+        Param::Int(v)
+    }
+}
+
+/// The `WHERE` clause of a list request, made of only the filters it uses, with their values: a
+/// predicate such as `($1 IS NULL OR booking_id = $1)`, which keeps one statement for every
+/// combination, can use no index, so the database would read the whole table for every page.
+/// Each value taken gets the next placeholder, and [`Conditions::bind`] binds them in that
+/// order, so the statement and its arguments cannot disagree.
 #[derive(Debug, Default)]
 pub struct Conditions {
     terms: Vec<String>,
-    taken: usize,
+    params: Vec<Param>,
 }
 
 impl Conditions {
-    /// The next parameter's placeholder (for a term, or for `LIMIT` and `OFFSET` after the
-    /// terms).
-    pub fn param(&mut self) -> String {
-        self.taken += 1;
-        format!("${}", self.taken)
+    /// Takes `value` and returns its placeholder (for a term, or for `LIMIT` and `OFFSET` after
+    /// the terms).
+    pub fn param(&mut self, value: impl Into<Param>) -> String {
+        self.params.push(value.into());
+        format!("${}", self.params.len())
     }
 
     /// Adds a term as it is.
@@ -554,10 +583,10 @@ impl Conditions {
         self.terms.push(term.into());
     }
 
-    /// Adds `column = $n` when `used`.
-    pub fn equal_if(&mut self, used: bool, column: &str) {
-        if used {
-            let param = self.param();
+    /// Adds `column = $n` when a value is given.
+    pub fn equal<V: Into<Param>>(&mut self, column: &str, value: Option<V>) {
+        if let Some(value) = value {
+            let param = self.param(value);
             self.terms.push(format!("{column} = {param}"));
         }
     }
@@ -569,6 +598,17 @@ impl Conditions {
         } else {
             format!(" WHERE {}", self.terms.join(" AND "))
         }
+    }
+
+    /// Binds the values taken, in order.
+    pub fn bind(self, mut query: AnyQuery<'_>) -> AnyQuery<'_> {
+        for param in self.params {
+            query = match param {
+                Param::Text(v) => query.bind(v),
+                Param::Int(v) => query.bind(v),
+            };
+        }
+        query
     }
 }
 
@@ -682,21 +722,34 @@ mod tests {
     #[test]
     fn conditions_hold_only_the_filters_in_use_numbered_in_order() {
         let mut none = Conditions::default();
-        none.equal_if(false, "status");
+        none.equal("status", None::<&str>);
         assert_eq!(none.where_clause(), "");
-        assert_eq!(none.param(), "$1");
+        assert_eq!(none.param(10), "$1");
+        assert_eq!(none.params, [Param::Int(10)]);
 
         let mut c = Conditions::default();
         c.push("requested = 1");
-        c.equal_if(false, "status");
-        c.equal_if(true, "booking_id");
-        let owner = c.param();
+        c.equal("status", None::<&str>);
+        c.equal("booking_id", Some("b1"));
+        let owner = c.param("alice");
         c.push(format!("owner = {owner}"));
         assert_eq!(
             c.where_clause(),
             " WHERE requested = 1 AND booking_id = $1 AND owner = $2"
         );
-        assert_eq!((c.param(), c.param()), ("$3".to_string(), "$4".to_string()));
+        assert_eq!(
+            (c.param(100), c.param(0)),
+            ("$3".to_string(), "$4".to_string())
+        );
+        assert_eq!(
+            c.params,
+            [
+                Param::Text("b1".into()),
+                Param::Text("alice".into()),
+                Param::Int(100),
+                Param::Int(0)
+            ]
+        );
     }
 
     #[test]
