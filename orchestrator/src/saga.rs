@@ -12,6 +12,10 @@
 //!      ─► CANCELLING (DeleteConfirm) ─ConfirmClosed─► CANCELLED
 //! ```
 //!
+//! Announcements: `SagaStateChanged` is published when the saga moves, except into STARTED,
+//! which the booking list learns from `BookingCreated` and which ends as soon as the confirm
+//! service answers; a saga held up in it (the reply overdue) is announced by the retry timer.
+//!
 //! Order tolerance: every participant numbers its events per booking (`version`); the saga keeps
 //! the newest version applied from the booking and from the confirm service and ignores anything
 //! older, so a late or repeated event can never move a saga backwards.
@@ -97,6 +101,14 @@ impl SagaState {
             SagaState::Completed | SagaState::Compensated | SagaState::Cancelled
         )
     }
+
+    /// Announced (`SagaStateChanged`) as soon as the saga reaches it: every state but STARTED.
+    /// STARTED lasts only until the confirm service has opened the approval request, which
+    /// takes milliseconds; it is announced only if that reply is overdue (see [`on_retry_due`]),
+    /// so the booking list still hears of a saga held up there.
+    pub fn is_announced_at_once(self) -> bool {
+        self != SagaState::Started
+    }
 }
 
 /// What the saga knows about its booking (from `BookingCreated`).
@@ -138,6 +150,8 @@ pub struct Saga {
     pub attempts: u32,
     /// Gave up retrying `pending`: an admin must retry or compensate.
     pub stuck: bool,
+    /// The state last published in `SagaStateChanged` (None: none yet).
+    pub announced: Option<SagaState>,
 }
 
 /// The saga's settings.
@@ -186,6 +200,7 @@ impl Saga {
             pending: None,
             attempts: 0,
             stuck: false,
+            announced: None,
         }
     }
 
@@ -242,28 +257,29 @@ pub fn on_deadline(saga: &Saga, now: DateTime<Utc>) -> Option<Transition> {
 }
 
 /// The retry timer: the pending command's reply is overdue. Sends it again, or after
-/// `policy.max_attempts` marks the saga stuck.
+/// `policy.max_attempts` marks the saga stuck; either way the state the saga is held up in is
+/// announced, if it was not yet.
 pub fn on_retry_due(saga: &Saga, policy: &Policy) -> Option<Transition> {
     let pending = saga.pending.as_ref().filter(|_| !saga.stuck)?;
     let mut s = saga.clone();
-    if s.attempts >= policy.max_attempts {
+    let mut outputs = Vec::new();
+    let note = if s.attempts >= policy.max_attempts {
         s.stuck = true;
-        let note = format!(
+        format!(
             "stuck: no reply to {} after {} attempts",
             pending.type_name(),
             s.attempts
-        );
-        return Some(Transition {
-            saga: s,
-            outputs: vec![],
-            note: Some(note),
-        });
-    }
-    s.attempts += 1;
+        )
+    } else {
+        s.attempts += 1;
+        outputs.push(pending.clone());
+        format!("attempt {} of {}", s.attempts, pending.type_name())
+    };
+    announce(&mut s, &mut outputs);
     Some(Transition {
-        outputs: vec![pending.clone()],
-        note: Some(format!("attempt {} of {}", s.attempts, pending.type_name())),
         saga: s,
+        outputs,
+        note: Some(note),
     })
 }
 
@@ -305,7 +321,7 @@ pub fn compensate(saga: &Saga) -> Result<Transition, NotApplicable> {
                 detail: Some("compensated by an admin".into()),
             })];
             track_pending(&mut s, &outputs, true);
-            outputs.push(state_changed(saga.state, s.state));
+            announce(&mut s, &mut outputs);
             Ok(Transition {
                 saga: s,
                 outputs,
@@ -320,11 +336,17 @@ pub fn compensate(saga: &Saga) -> Result<Transition, NotApplicable> {
     }
 }
 
-fn state_changed(from: SagaState, to: SagaState) -> Body {
-    Body::SagaStateChanged(SagaStateChanged {
-        state: to.as_str().into(),
-        previous_state: Some(from.as_str().into()),
-    })
+/// Publishes the saga's state unless it was the last one published; `previousState` is the
+/// state published before, so a reader of the events sees an unbroken chain.
+fn announce(s: &mut Saga, outputs: &mut Vec<Body>) {
+    if s.announced == Some(s.state) {
+        return;
+    }
+    outputs.push(Body::SagaStateChanged(SagaStateChanged {
+        state: s.state.as_str().into(),
+        previous_state: s.announced.map(|a| a.as_str().into()),
+    }));
+    s.announced = Some(s.state);
 }
 
 /// After a step: the last command sent becomes the pending one (first attempt); a step that
@@ -479,11 +501,8 @@ pub fn apply(saga: Option<&Saga>, env: &Envelope, policy: &Policy) -> Result<Tra
 
     let moved = before != Some(s.state);
     track_pending(&mut s, &outputs, moved);
-    if before != Some(s.state) {
-        outputs.push(Body::SagaStateChanged(SagaStateChanged {
-            state: s.state.as_str().into(),
-            previous_state: before.map(|b| b.as_str().into()),
-        }));
+    if moved && s.state.is_announced_at_once() {
+        announce(&mut s, &mut outputs);
     }
     Ok(Transition {
         saga: s,

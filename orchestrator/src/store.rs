@@ -28,7 +28,7 @@ pub struct StoredSaga {
 const COLUMNS: &str = "booking_id, saga_id, state, booking_cancelled, room_id, booking_user_id, \
      start_ms, end_ms, confirm_id, outcome, booking_version, confirm_version, version, revision, \
      created_at, updated_at, settled_at, deadline_ms, expiry_requested, pending_command, attempts, \
-     next_retry_ms, stuck";
+     next_retry_ms, stuck, announced_state";
 
 fn uuid(r: &AnyRow, col: &str) -> Result<Uuid, sqlx::Error> {
     let s: String = r.try_get(col)?;
@@ -77,6 +77,14 @@ fn from_row(r: &AnyRow) -> Result<StoredSaga, sqlx::Error> {
                 .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
             attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or_default(),
             stuck: r.try_get::<i64, _>("stuck")? != 0,
+            announced: r
+                .try_get::<Option<String>, _>("announced_state")?
+                .map(|a| {
+                    SagaState::parse(&a).ok_or_else(|| {
+                        sqlx::Error::Decode(format!("unknown saga state {a}").into())
+                    })
+                })
+                .transpose()?,
         },
         revision: r.try_get("revision")?,
         next_retry_at: r
@@ -162,7 +170,7 @@ pub async fn save(
             sqlx::query(&format!(
                 "INSERT INTO sagas ({COLUMNS}) VALUES \
                  ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $14, $15, $16, $17, \
-                  $18, $19, $20, $21) \
+                  $18, $19, $20, $21, $22) \
                  ON CONFLICT DO NOTHING"
             ))
             .bind(saga.booking_id.to_string())
@@ -186,6 +194,7 @@ pub async fn save(
             .bind(i64::from(saga.attempts))
             .bind(next_retry_at.map(to_millis))
             .bind(i64::from(saga.stuck))
+            .bind(saga.announced.map(SagaState::as_str))
             .execute(&mut *tx)
             .await?
         }
@@ -194,7 +203,8 @@ pub async fn save(
                 "UPDATE sagas SET state = $1, booking_cancelled = $2, confirm_id = $3, outcome = $4, \
                  booking_version = $5, confirm_version = $6, version = $7, revision = revision + 1, \
                  updated_at = $8, settled_at = COALESCE($9, settled_at), expiry_requested = $12, \
-                 pending_command = $13, attempts = $14, next_retry_ms = $15, stuck = $16 \
+                 pending_command = $13, attempts = $14, next_retry_ms = $15, stuck = $16, \
+                 announced_state = $17 \
                  WHERE booking_id = $10 AND revision = $11",
             )
             .bind(saga.state.as_str())
@@ -213,6 +223,7 @@ pub async fn save(
             .bind(i64::from(saga.attempts))
             .bind(next_retry_at.map(to_millis))
             .bind(i64::from(saga.stuck))
+            .bind(saga.announced.map(SagaState::as_str))
             .execute(&mut *tx)
             .await?
         }

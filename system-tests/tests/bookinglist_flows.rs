@@ -1,5 +1,6 @@
 //! The booking list following real sagas, on SQLite and on PostgreSQL: each flow (approve, deny,
-//! user cancel, expiry) shows the right row through the gateway; the list stopped during 100
+//! user cancel, expiry) shows the right row through the gateway; a saga held up at its start
+//! shows there once its reply is overdue; the list stopped during 100
 //! sagas catches up after a restart and agrees with booking, confirm and the orchestrator; a
 //! rebuild yields the same rows as the live view; the live feed delivers changes.
 
@@ -284,6 +285,46 @@ async fn expiry_shows_the_booking_cancelled_as_expired_and_the_confirm_closed(
     assert_eq!(row["confirmCloseReason"], "EXPIRED");
 }
 
+async fn a_saga_held_up_at_its_start_shows_in_the_list_once_its_reply_is_overdue(
+    backend: TestBackend,
+) {
+    let mut s = ListStack::start(backend).await;
+    // The confirm service is down: the saga waits in STARTED for the approval request to open.
+    Stack::stop(&mut s.stack.confirm).await;
+    let id = s.stack.book("alice", 102, future(3, 10)).await;
+    let saga = s.stack.wait_saga(&id, "STARTED").await;
+    let announced = |saga: &Value| -> Vec<String> {
+        let steps = saga["timeline"].as_array().unwrap();
+        let sent = steps
+            .iter()
+            .filter(|t| t["direction"] == "out" && t["type"] == "SagaStateChanged");
+        sent.map(|t| t["state"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(
+        announced(&saga).is_empty(),
+        "the start is not announced at once: {saga}"
+    );
+    let row = s
+        .wait_row(&id, "the booked row", |r| r["bookingStatus"] == "BOOKED")
+        .await;
+    assert!(row["sagaState"].is_null(), "{row}");
+
+    // The reply is overdue: the retry announces where the saga is held up.
+    s.stack.clock.advance(chrono::Duration::minutes(1));
+    s.wait_row(&id, "the row held up in STARTED", |r| {
+        r["sagaState"] == "STARTED"
+    })
+    .await;
+    s.stack.start_confirm().await;
+    s.wait_row(&id, "the row awaiting approval", |r| {
+        r["sagaState"] == "AWAITING_APPROVAL"
+    })
+    .await;
+    let saga = s.stack.saga(&id).await.expect("a saga");
+    assert_eq!(announced(&saga), ["STARTED", "AWAITING_APPROVAL"], "{saga}");
+}
+
 async fn the_list_stopped_during_100_sagas_catches_up_and_agrees_with_every_service(
     backend: TestBackend,
 ) {
@@ -451,6 +492,7 @@ on_both_backends!(
     deny_shows_the_booking_cancelled_with_the_denial_and_its_reason,
     user_cancel_shows_the_booking_cancelled_by_its_owner_and_the_confirm_closed,
     expiry_shows_the_booking_cancelled_as_expired_and_the_confirm_closed,
+    a_saga_held_up_at_its_start_shows_in_the_list_once_its_reply_is_overdue,
     the_list_stopped_during_100_sagas_catches_up_and_agrees_with_every_service,
     a_rebuild_yields_the_same_rows_as_the_live_view,
     the_live_feed_delivers_each_change_of_the_callers_booking,

@@ -150,6 +150,8 @@ pub struct BookingRow {
     /// The approval request was closed (booking cancelled): it can no longer be decided.
     pub confirm_closed: bool,
     pub confirm_close_reason: Option<String>,
+    /// The saga's state as the orchestrator announces it; none until the approval request is
+    /// open, unless the saga is held up before that (then `STARTED`).
     pub saga_state: Option<String>,
     #[serde(serialize_with = "time")]
     pub updated_at: DateTime<Utc>,
