@@ -415,6 +415,10 @@ full_page_writes = off
 log_min_messages = warning
 log_min_error_statement = error
 EOF
+    # Extra settings, e.g. for profiling: "shared_preload_libraries = 'pg_stat_statements'".
+    if [[ -n "${ROOMBOOK_PG_CONF:-}" ]]; then
+        printf '%s\n' "$ROOMBOOK_PG_CONF" >>"$dir/data/postgresql.conf"
+    fi
 
     local attempt port
     for attempt in 1 2 3; do
