@@ -274,7 +274,7 @@ async function book(roomId: number, start: Date, end: Date): Promise<void> {
       roomId, useStartDtm: start.toISOString(), useEndDtm: end.toISOString(),
     });
     upsert({ bookingId: b.id, roomId: b.roomId, bookingUserId: b.bookingUserId, useStartDtm: b.useStartDtm,
-      useEndDtm: b.useEndDtm, bookingStatus: b.status, bookingDtm: new Date().toISOString(), sagaState: 'STARTED' }, true);
+      useEndDtm: b.useEndDtm, bookingStatus: b.status, bookingDtm: new Date().toISOString() }, true);
     say(`Booked ${roomName(roomId)}, ${span(b.useStartDtm, b.useEndDtm)}. It now waits for an admin's approval; follow it under My bookings.`);
   } catch (e) {
     if (e instanceof ApiError && e.status === 409) {
