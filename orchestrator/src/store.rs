@@ -35,6 +35,11 @@ fn uuid(r: &AnyRow, col: &str) -> Result<Uuid, sqlx::Error> {
     Uuid::parse_str(&s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
+fn state_of(name: &str) -> Result<SagaState, sqlx::Error> {
+    SagaState::parse(name)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown saga state {name}").into()))
+}
+
 fn from_row(r: &AnyRow) -> Result<StoredSaga, sqlx::Error> {
     let state: String = r.try_get("state")?;
     let room: Option<i64> = r.try_get("room_id")?;
@@ -59,8 +64,7 @@ fn from_row(r: &AnyRow) -> Result<StoredSaga, sqlx::Error> {
         saga: Saga {
             saga_id: uuid(r, "saga_id")?,
             booking_id: uuid(r, "booking_id")?,
-            state: SagaState::parse(&state)
-                .ok_or_else(|| sqlx::Error::Decode(format!("unknown saga state {state}").into()))?,
+            state: state_of(&state)?,
             booking_cancelled: r.try_get::<i64, _>("booking_cancelled")? != 0,
             booking,
             confirm_id: confirm.and_then(|c| Uuid::parse_str(&c).ok()),
@@ -79,11 +83,7 @@ fn from_row(r: &AnyRow) -> Result<StoredSaga, sqlx::Error> {
             stuck: r.try_get::<i64, _>("stuck")? != 0,
             announced: r
                 .try_get::<Option<String>, _>("announced_state")?
-                .map(|a| {
-                    SagaState::parse(&a).ok_or_else(|| {
-                        sqlx::Error::Decode(format!("unknown saga state {a}").into())
-                    })
-                })
+                .map(|a| state_of(&a))
                 .transpose()?,
         },
         revision: r.try_get("revision")?,
