@@ -92,7 +92,7 @@ impl SagaHandler {
                 tracing::info!(reason = %ignored, "message ignored by the saga");
                 if let Some(s) = &stored {
                     let step = cause(s.saga.state, Some(format!("ignored: {ignored}")));
-                    store::record_steps(tx, env.booking_id, &[step]).await?;
+                    store::record_steps(tx, env.booking_id, &[step]);
                 }
                 Ok(())
             }
@@ -142,7 +142,7 @@ pub async fn persist(
             saga.booking_id
         )));
     }
-    outbox::enqueue_all(tx, &outputs, trace).await?;
+    outbox::enqueue_all(tx, &outputs, trace);
     let mut steps = Vec::with_capacity(1 + outputs.len());
     steps.push(cause);
     steps.extend(outputs.iter().map(|out| Step {
@@ -153,7 +153,7 @@ pub async fn persist(
         state: saga.state.as_str().into(),
         note: None,
     }));
-    store::record_steps(tx, saga.booking_id, &steps).await?;
+    store::record_steps(tx, saga.booking_id, &steps);
     if saga.state.is_settled() && !before.is_some_and(SagaState::is_settled) {
         if let Some(s) = stored {
             let took = (when.now - s.created_at).num_milliseconds().max(0) as f64 / 1000.0;

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use platform::{
+    appends::Target,
     db::{Db, Tx},
     time::{from_millis, now_millis, to_millis},
 };
@@ -249,33 +250,37 @@ pub struct Step {
     pub note: Option<String>,
 }
 
-/// Appends `steps`, in order, to the saga's timeline (one statement).
-pub async fn record_steps(
-    tx: &mut Tx,
-    booking_id: Uuid,
-    steps: &[Step],
-) -> Result<(), sqlx::Error> {
-    if steps.is_empty() {
-        return Ok(());
-    }
-    // ($1, $2, …, $7), ($1, $8, …, $13), …: the booking once, then six values per step.
-    let rows = platform::db::param_groups(steps.len(), 6, 2, ", ", |p| format!("($1, {p})"));
-    let sql = format!(
-        "INSERT INTO saga_steps (booking_id, at, direction, message_type, message_id, state, note) \
-         VALUES {rows}"
-    );
-    let mut query = sqlx::query(&sql).bind(booking_id.to_string());
+/// The timeline's columns a step fills.
+const SAGA_STEPS: Target = Target {
+    table: "saga_steps",
+    columns: &[
+        "booking_id",
+        "at",
+        "direction",
+        "message_type",
+        "message_id",
+        "state",
+        "note",
+    ],
+};
+
+/// Appends `steps`, in order, to the saga's timeline; written when the transaction commits,
+/// with the other sagas' steps (see [`Tx::append`]).
+pub fn record_steps(tx: &mut Tx, booking_id: Uuid, steps: &[Step]) {
     for step in steps {
-        query = query
-            .bind(to_millis(step.at))
-            .bind(&step.direction)
-            .bind(&step.message_type)
-            .bind(&step.message_id)
-            .bind(&step.state)
-            .bind(&step.note);
+        tx.append(
+            SAGA_STEPS,
+            vec![
+                booking_id.to_string().into(),
+                to_millis(step.at).into(),
+                step.direction.clone().into(),
+                step.message_type.clone().into(),
+                step.message_id.clone().into(),
+                step.state.clone().into(),
+                step.note.clone().into(),
+            ],
+        );
     }
-    query.execute(&mut *tx).await?;
-    Ok(())
 }
 
 pub async fn timeline(db: &Db, booking_id: Uuid) -> Result<Vec<Step>, sqlx::Error> {

@@ -148,7 +148,7 @@ async fn create_once(
         use_start_dtm: booking.use_start_dtm,
         use_end_dtm: booking.use_end_dtm,
     });
-    emit(&mut tx, &booking, event, trace).await?;
+    emit(&mut tx, &booking, event, trace);
     tx.commit().await.map_err(|e| {
         if db::error_mentions(&e, "booking_overlap") {
             overlap_of(req)
@@ -240,8 +240,7 @@ async fn apply_cancel(
         &booking,
         Body::BookingCancelled(BookingCancelled { reason, detail }),
         trace,
-    )
-    .await?;
+    );
     Ok(booking)
 }
 
@@ -276,8 +275,7 @@ pub async fn on_confirm_command(
         &booking,
         Body::BookingConfirmed(BookingConfirmed {}),
         trace,
-    )
-    .await?;
+    );
     Ok(Some(booking))
 }
 
@@ -304,13 +302,8 @@ pub async fn on_cancel_command(
         .map(Some)
 }
 
-async fn emit(
-    tx: &mut Tx,
-    booking: &Booking,
-    body: Body,
-    trace: &TraceParent,
-) -> Result<(), sqlx::Error> {
+fn emit(tx: &mut Tx, booking: &Booking, body: Body, trace: &TraceParent) {
     let version = u64::try_from(booking.version).unwrap_or_default();
     let env = Envelope::new(booking.id, booking.saga_id, version, body);
-    outbox::enqueue(tx, &env, trace).await
+    outbox::enqueue(tx, &env, trace);
 }

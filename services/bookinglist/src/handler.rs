@@ -15,8 +15,8 @@ impl Handler for Projector {
         self.handle_batch(tx, &[msg]).await
     }
 
-    /// One change-number claim, one read of the rows and one write per changed row for the
-    /// whole batch, instead of all three per event.
+    /// One change-number claim, one read of the rows and a few multi-row writes for the whole
+    /// batch, instead of a claim, a read and a write per event.
     async fn handle_batch(&self, tx: &mut Tx, msgs: &[&Incoming]) -> Result<(), HandleError> {
         let mut events = Vec::with_capacity(msgs.len());
         for msg in msgs {

@@ -7,7 +7,7 @@
 //! the order they were handed out, which lets the live feed read changes with
 //! `change_seq > last seen` without missing any.
 
-use std::{collections::HashMap, sync::LazyLock};
+use std::collections::HashMap;
 
 use platform::{
     contract::{CancelReason, Envelope},
@@ -202,59 +202,38 @@ fn indexed_columns_change(before: &BookingRow, new: &BookingRow) -> bool {
         || before.booking_dtm != new.booking_dtm
 }
 
-/// The statements that save a row into `table`, written once per table (they run for every
-/// changed row): the upsert of every column, and the update of the columns outside
-/// [`INDEXED`]. Both take their values in [`COLUMNS`] order (see [`bind_columns`]).
-struct SaveSql {
-    upsert: String,
-    update_unindexed: String,
+/// How a row is saved: every column, or only those outside [`INDEXED`] when the row exists and
+/// those did not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Save {
+    All,
+    Unindexed,
 }
 
-fn save_sql(table: ViewTable) -> &'static SaveSql {
-    fn build(table: ViewTable) -> SaveSql {
-        let columns: Vec<&str> = COLUMNS.split(',').map(str::trim).collect();
-        let params = platform::db::params(1, columns.len());
-        let updates = columns[1..]
-            .iter()
-            .map(|c| format!("{c} = excluded.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let unindexed = columns
-            .iter()
-            .filter(|c| **c != "booking_id" && !INDEXED.contains(c))
-            .enumerate()
-            .map(|(i, c)| format!("{c} = ${}", i + 2))
-            .collect::<Vec<_>>()
-            .join(", ");
-        SaveSql {
-            upsert: format!(
-                "INSERT INTO {} ({COLUMNS}) VALUES ({params}) \
-                 ON CONFLICT (booking_id) DO UPDATE SET {updates}",
-                table.name()
-            ),
-            update_unindexed: format!(
-                "UPDATE {} SET {unindexed} WHERE booking_id = $1",
-                table.name()
-            ),
-        }
-    }
-    static SQL: LazyLock<[SaveSql; 2]> =
-        LazyLock::new(|| [build(ViewTable::A), build(ViewTable::B)]);
-    match table {
-        ViewTable::A => &SQL[0],
-        ViewTable::B => &SQL[1],
-    }
+/// Most rows one statement saves (25 values each).
+const ROWS_PER_SAVE: usize = 32;
+
+/// The statement that saves `rows` rows into `table`, as `save` says: an upsert whose conflict
+/// branch sets every column, or only those outside [`INDEXED`]. Values go in [`COLUMNS`]
+/// order, row after row (see [`bind_columns`]).
+fn save_sql(table: ViewTable, save: Save, rows: usize) -> String {
+    let columns: Vec<&str> = COLUMNS.split(',').map(str::trim).collect();
+    let values = platform::db::param_groups(rows, columns.len(), 1, ", ", |p| format!("({p})"));
+    let updates = columns[1..]
+        .iter()
+        .filter(|c| save == Save::All || !INDEXED.contains(c))
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO {} ({COLUMNS}) VALUES {values} ON CONFLICT (booking_id) DO UPDATE SET {updates}",
+        table.name()
+    )
 }
 
-/// Binds the values of `row` (and its change number `seq`) for the columns `include` accepts,
-/// in [`COLUMNS`] order.
-fn bind_columns<'q>(
-    mut q: AnyQuery<'q>,
-    row: &BookingRow,
-    seq: i64,
-    include: impl Fn(&str) -> bool,
-) -> AnyQuery<'q> {
-    for column in COLUMNS.split(',').map(str::trim).filter(|c| include(c)) {
+/// Binds the values of `row` (and its change number `seq`) in [`COLUMNS`] order.
+fn bind_columns<'q>(mut q: AnyQuery<'q>, row: &BookingRow, seq: i64) -> AnyQuery<'q> {
+    for column in COLUMNS.split(',').map(str::trim) {
         q = match column {
             "booking_id" => q.bind(row.booking_id.to_string()),
             "saga_id" => q.bind(row.saga_id.map(|s| s.to_string())),
@@ -287,35 +266,24 @@ fn bind_columns<'q>(
     q
 }
 
-/// Inserts or replaces a row, stamped with change number `seq`.
-pub async fn save<'c, E: Executor<'c, Database = Any>>(
-    db: E,
-    table: ViewTable,
-    row: &BookingRow,
-    seq: i64,
-) -> Result<(), sqlx::Error> {
-    bind_columns(sqlx::query(&save_sql(table).upsert), row, seq, |_| true)
-        .execute(db)
-        .await?;
-    Ok(())
-}
-
-/// Saves a row that exists as `before`: only its columns outside [`INDEXED`] when those did not
-/// change, else all of them.
-async fn save_over(
+/// Saves `rows` (each with its change number) into `table` as `save` says, in as few
+/// statements as [`platform::db::power_of_two_runs`] allows.
+async fn save_all(
     tx: &mut Tx,
     table: ViewTable,
-    before: &BookingRow,
-    row: &BookingRow,
-    seq: i64,
+    save: Save,
+    rows: &[(i64, BookingRow)],
 ) -> Result<(), sqlx::Error> {
-    if indexed_columns_change(before, row) {
-        return save(&mut *tx, table, row, seq).await;
+    let mut rest = rows;
+    for run in platform::db::power_of_two_runs(rows.len(), ROWS_PER_SAVE) {
+        let (these, after) = rest.split_at(run);
+        rest = after;
+        let sql = save_sql(table, save, run);
+        let query = these.iter().fold(sqlx::query(&sql), |q, (seq, row)| {
+            bind_columns(q, row, *seq)
+        });
+        query.execute(&mut *tx).await?;
     }
-    let sql = &save_sql(table).update_unindexed;
-    bind_columns(sqlx::query(sql), row, seq, |c| !INDEXED.contains(&c))
-        .execute(&mut *tx)
-        .await?;
     Ok(())
 }
 
@@ -330,7 +298,7 @@ pub async fn project(
 }
 
 /// Folds `events`, in order, into their rows in `table`: the rows are read in one statement and
-/// each changed row is written once. The i-th distinct booking (in order of first appearance)
+/// the changed ones written together (see [`save_all`]). The i-th distinct booking (in order of first appearance)
 /// is stamped with change number `first_seq + i`, so the caller claims at least as many
 /// numbers as there are distinct bookings. Returns how many rows changed.
 pub async fn project_all(
@@ -341,7 +309,7 @@ pub async fn project_all(
 ) -> Result<usize, sqlx::Error> {
     let bookings = distinct_bookings(events);
     let mut old = get_many(tx, table, &bookings).await?;
-    let mut changed = 0;
+    let (mut all, mut unindexed) = (Vec::new(), Vec::new());
     for (seq, booking) in (first_seq..).zip(&bookings) {
         let before = old.remove(booking);
         let base = before
@@ -355,15 +323,17 @@ pub async fn project_all(
             Some(before) => *before == new,
             None => new == BookingRow::empty(*booking),
         };
-        if !unchanged {
-            match &before {
-                Some(before) => save_over(tx, table, before, &new, seq).await?,
-                None => save(&mut *tx, table, &new, seq).await?,
-            }
-            changed += 1;
+        if unchanged {
+            continue;
+        }
+        match &before {
+            Some(before) if !indexed_columns_change(before, &new) => unindexed.push((seq, new)),
+            _ => all.push((seq, new)),
         }
     }
-    Ok(changed)
+    save_all(tx, table, Save::All, &all).await?;
+    save_all(tx, table, Save::Unindexed, &unindexed).await?;
+    Ok(all.len() + unindexed.len())
 }
 
 /// The bookings `events` are about, each once, in order of first appearance: the rows
@@ -562,27 +532,48 @@ pub async fn clear(tx: &mut Tx, table: ViewTable) -> Result<(), sqlx::Error> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_narrow_update_sets_every_column_but_the_key_and_the_indexed_ones_in_bind_order() {
-        let sql = &save_sql(ViewTable::A).update_unindexed;
-        let (sets, key) = sql
-            .strip_prefix("UPDATE booking_list_a SET ")
-            .and_then(|rest| rest.split_once(" WHERE "))
+    fn conflict_sets(sql: &str) -> Vec<&str> {
+        let (_, sets) = sql
+            .split_once(" ON CONFLICT (booking_id) DO UPDATE SET ")
             .expect(sql);
-        assert_eq!(key, "booking_id = $1");
-        let sets: Vec<&str> = sets.split(", ").collect();
-        // 25 columns: the key and the four indexed ones are left alone, the other 20 take $2…$21
-        // in the order their values are bound.
+        sets.split(", ").collect()
+    }
+
+    #[test]
+    fn a_save_of_rows_binds_every_column_of_each_row_in_turn() {
+        let sql = save_sql(ViewTable::A, Save::Unindexed, 2);
+        let (head, _) = sql.split_once(" ON CONFLICT").expect(&sql);
+        assert_eq!(
+            head,
+            format!(
+                "INSERT INTO booking_list_a ({COLUMNS}) VALUES ({}), ({})",
+                platform::db::params(1, 25),
+                platform::db::params(26, 25)
+            )
+        );
+    }
+
+    #[test]
+    fn the_narrow_save_sets_every_column_but_the_key_and_the_indexed_ones() {
+        let sql = save_sql(ViewTable::B, Save::Unindexed, 1);
+        let sets = conflict_sets(&sql);
+        // 25 columns: the key and the four indexed ones are left alone.
         assert_eq!(sets.len(), 20, "{sets:?}");
-        assert_eq!(sets[0], "saga_id = $2");
-        assert_eq!(sets[1], "end_ms = $3");
-        assert_eq!(sets[2], "booking_status = $4");
-        assert_eq!(sets[19], "change_seq = $21");
-        for indexed in ["room_id", "start_ms", "booking_user_id", "booking_ms"] {
+        assert_eq!(sets[0], "saga_id = excluded.saga_id");
+        assert_eq!(sets[19], "change_seq = excluded.change_seq");
+        for indexed in INDEXED {
             assert!(
                 sets.iter().all(|s| !s.starts_with(&format!("{indexed} "))),
                 "{indexed} in {sets:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_full_save_sets_every_column_but_the_key() {
+        let sql = save_sql(ViewTable::A, Save::All, 1);
+        let sets = conflict_sets(&sql);
+        assert_eq!(sets.len(), 24, "{sets:?}");
+        assert_eq!(sets[1], "room_id = excluded.room_id");
     }
 }

@@ -239,19 +239,13 @@ async fn update(tx: &mut Tx, c: &Confirm, read_version: i64) -> Result<bool, sql
     Ok(done.rows_affected() == 1)
 }
 
-async fn emit(
-    tx: &mut Tx,
-    c: &Confirm,
-    body: Body,
-    trace: &TraceParent,
-) -> Result<(), sqlx::Error> {
+fn emit(tx: &mut Tx, c: &Confirm, body: Body, trace: &TraceParent) {
     let version = u64::try_from(c.version).unwrap_or_default();
     outbox::enqueue(
         tx,
         &Envelope::new(c.booking_id, c.saga_id, version, body),
         trace,
-    )
-    .await
+    );
 }
 
 /// `RequestConfirm`: opens the approval request (once per booking).
@@ -299,7 +293,8 @@ pub async fn on_request(
         use_end_dtm: req.use_end_dtm,
         approval_deadline: req.approval_deadline,
     });
-    emit(tx, &confirm, event, trace).await
+    emit(tx, &confirm, event, trace);
+    Ok(())
 }
 
 /// `DeleteConfirm`: closes the request so it can no longer be decided. If it was never
@@ -325,7 +320,8 @@ pub async fn on_delete(
             .clone()
             .unwrap_or_else(|| reason.to_string()),
     });
-    emit(tx, &closed, body, trace).await
+    emit(tx, &closed, body, trace);
+    Ok(())
 }
 
 /// `ExpireConfirm`: the deadline passed. A confirm still waiting for a decision is closed and
@@ -354,7 +350,8 @@ pub async fn on_expire(
     let body = Body::ConfirmExpired(ConfirmExpired {
         confirm_id: closed.id,
     });
-    emit(tx, &closed, body, trace).await
+    emit(tx, &closed, body, trace);
+    Ok(())
 }
 
 /// Marks the confirm closed (keeping an earlier close as it was) and bumps its version for the
@@ -486,7 +483,7 @@ pub async fn decide(
             ConfirmStatus::Confirmed => Body::ConfirmCompleted(decided),
             _ => Body::ConfirmDenied(decided),
         };
-        emit(&mut tx, &c, body, trace).await?;
+        emit(&mut tx, &c, body, trace);
         tx.commit().await?;
         outbox.notify();
         return Ok(c);

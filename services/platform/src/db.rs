@@ -18,7 +18,10 @@ use sqlx::{
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
 
-use crate::sqlite_writer::SqliteWriter;
+use crate::{
+    appends::{Appends, Target},
+    sqlite_writer::SqliteWriter,
+};
 
 /// How often the SQLite log is checkpointed (see [`checkpoint_regularly`]).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
@@ -227,9 +230,9 @@ impl Db {
                         Err(e) => return Err(e),
                     }
                 }
-                Ok(Tx(TxInner::Sqlite(SqliteTx(writer))))
+                Ok(Tx::new(TxInner::Sqlite(SqliteTx(writer))))
             }
-            None => Ok(Tx(TxInner::Postgres(self.pool.begin().await?))),
+            None => Ok(Tx::new(TxInner::Postgres(self.pool.begin().await?))),
         }
     }
 
@@ -302,8 +305,12 @@ async fn checkpoint(
 }
 
 /// A write transaction (see [`Db::begin`]). Statements run on it as on a pool
-/// (`query.execute(&mut tx)`); dropped without [`Tx::commit`], it rolls back.
-pub struct Tx(TxInner);
+/// (`query.execute(&mut tx)`); rows for log tables can be held back until it commits
+/// ([`Tx::append`]). Dropped without [`Tx::commit`], it rolls back.
+pub struct Tx {
+    inner: TxInner,
+    appends: Appends,
+}
 
 enum TxInner {
     Sqlite(SqliteTx),
@@ -324,15 +331,37 @@ impl Drop for SqliteTx {
 }
 
 impl Tx {
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        match self.0 {
+    fn new(inner: TxInner) -> Tx {
+        Tx {
+            inner,
+            appends: Appends::default(),
+        }
+    }
+
+    /// Appends a row (values in `target`'s column order) to a log table when the transaction
+    /// commits, together with the table's other rows (see [`crate::appends`]).
+    pub fn append(&mut self, target: Target, row: Vec<Param>) {
+        self.appends.push(target, row);
+    }
+
+    /// Writes the rows held back by [`Tx::append`] now, for a statement that reads them.
+    pub async fn flush(&mut self) -> Result<(), sqlx::Error> {
+        if self.appends.is_empty() {
+            return Ok(());
+        }
+        std::mem::take(&mut self.appends).write(self).await
+    }
+
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        self.flush().await?;
+        match self.inner {
             TxInner::Sqlite(mut tx) => tx.0.exec("COMMIT"),
             TxInner::Postgres(tx) => tx.commit().await,
         }
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        match self.0 {
+        match self.inner {
             TxInner::Sqlite(mut tx) => tx.0.exec("ROLLBACK"),
             TxInner::Postgres(tx) => tx.rollback().await,
         }
@@ -341,7 +370,7 @@ impl Tx {
 
 impl fmt::Debug for Tx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self.0 {
+        f.write_str(match self.inner {
             TxInner::Sqlite(_) => "Tx(SQLite)",
             TxInner::Postgres(_) => "Tx(PostgreSQL)",
         })
@@ -359,7 +388,7 @@ impl<'c> Executor<'c> for &'c mut Tx {
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
-        match &mut self.0 {
+        match &mut self.inner {
             TxInner::Postgres(tx) => (&mut **tx).fetch_many(query),
             TxInner::Sqlite(tx) => {
                 let mut out = Vec::new();
@@ -381,7 +410,7 @@ impl<'c> Executor<'c> for &'c mut Tx {
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
-        match &mut self.0 {
+        match &mut self.inner {
             TxInner::Postgres(tx) => (&mut **tx).fetch_optional(query),
             TxInner::Sqlite(tx) => {
                 let mut first = None;
@@ -402,7 +431,7 @@ impl<'c> Executor<'c> for &'c mut Tx {
     where
         'c: 'e,
     {
-        match &mut self.0 {
+        match &mut self.inner {
             TxInner::Postgres(tx) => (&mut **tx).prepare_with(sql, parameters),
             TxInner::Sqlite(_) => futures::future::ready(Err(unsupported("prepare"))).boxed(),
         }
@@ -415,7 +444,7 @@ impl<'c> Executor<'c> for &'c mut Tx {
     where
         'c: 'e,
     {
-        match &mut self.0 {
+        match &mut self.inner {
             TxInner::Postgres(tx) => (&mut **tx).describe(sql),
             TxInner::Sqlite(_) => futures::future::ready(Err(unsupported("describe"))).boxed(),
         }
@@ -534,27 +563,49 @@ async fn prune_processed_batch(db: &Db, cutoff_millis: i64) -> Result<u64, sqlx:
 /// A query on the `Any` driver, with its arguments.
 pub type AnyQuery<'q> = sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>;
 
-/// A value bound to a list request's parameter.
-#[derive(Debug, Clone, PartialEq)]
+/// A value bound to a parameter of a statement built at run time (a list request's filters,
+/// the rows of a multi-row insert); `None` binds NULL of its type.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Param {
-    Text(String),
-    Int(i64),
+    Text(Option<String>),
+    Int(Option<i64>),
+}
+
+impl Param {
+    pub fn bind_to(self, query: AnyQuery<'_>) -> AnyQuery<'_> {
+        match self {
+            Param::Text(v) => query.bind(v),
+            Param::Int(v) => query.bind(v),
+        }
+    }
 }
 
 impl From<String> for Param {
     fn from(v: String) -> Self {
-        Param::Text(v)
+        Param::Text(Some(v))
     }
 }
 
 impl From<&str> for Param {
     fn from(v: &str) -> Self {
-        Param::Text(v.to_string())
+        Param::Text(Some(v.to_string()))
+    }
+}
+
+impl From<Option<String>> for Param {
+    fn from(v: Option<String>) -> Self {
+        Param::Text(v)
     }
 }
 
 impl From<i64> for Param {
     fn from(v: i64) -> Self {
+        Param::Int(Some(v))
+    }
+}
+
+impl From<Option<i64>> for Param {
+    fn from(v: Option<i64>) -> Self {
         Param::Int(v)
     }
 }
@@ -601,15 +652,25 @@ impl Conditions {
     }
 
     /// Binds the values taken, in order.
-    pub fn bind(self, mut query: AnyQuery<'_>) -> AnyQuery<'_> {
-        for param in self.params {
-            query = match param {
-                Param::Text(v) => query.bind(v),
-                Param::Int(v) => query.bind(v),
-            };
-        }
-        query
+    pub fn bind(self, query: AnyQuery<'_>) -> AnyQuery<'_> {
+        self.params.into_iter().fold(query, |q, p| p.bind_to(q))
     }
+}
+
+/// Splits `n` items into runs whose lengths are powers of two, largest first, none longer than
+/// `max`: statements built per run (multi-row inserts) then come in a few shapes only, which
+/// the statement caches of both databases keep prepared, where a statement per length would
+/// crowd them out.
+pub fn power_of_two_runs(mut n: usize, max: usize) -> impl Iterator<Item = usize> {
+    let max = max.max(1);
+    std::iter::from_fn(move || {
+        if n == 0 {
+            return None;
+        }
+        let run = (1usize << n.ilog2()).min(max);
+        n -= run;
+        Some(run)
+    })
 }
 
 /// Placeholders `$first, …` for `count` parameters.
@@ -720,12 +781,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn runs_are_powers_of_two_largest_first_and_capped() {
+        let runs = |n, max| power_of_two_runs(n, max).collect::<Vec<_>>();
+        assert_eq!(runs(0, 64), Vec::<usize>::new());
+        assert_eq!(runs(1, 64), [1]);
+        assert_eq!(runs(13, 64), [8, 4, 1]);
+        assert_eq!(runs(64, 64), [64]);
+        assert_eq!(runs(150, 64), [64, 64, 16, 4, 2]);
+        assert_eq!(runs(5, 0), [1, 1, 1, 1, 1]);
+    }
+
+    #[test]
     fn conditions_hold_only_the_filters_in_use_numbered_in_order() {
         let mut none = Conditions::default();
         none.equal("status", None::<&str>);
         assert_eq!(none.where_clause(), "");
         assert_eq!(none.param(10), "$1");
-        assert_eq!(none.params, [Param::Int(10)]);
+        assert_eq!(none.params, [Param::from(10)]);
 
         let mut c = Conditions::default();
         c.push("requested = 1");
@@ -744,10 +816,10 @@ mod tests {
         assert_eq!(
             c.params,
             [
-                Param::Text("b1".into()),
-                Param::Text("alice".into()),
-                Param::Int(100),
-                Param::Int(0)
+                Param::from("b1"),
+                Param::from("alice"),
+                Param::from(100),
+                Param::from(0)
             ]
         );
     }

@@ -7,6 +7,7 @@
 //! dedup, backoff and dead letters ([`consumer`]), and the HTTP pieces ([`http`]): problem
 //! details, health probes, identity headers and graceful serving.
 
+pub mod appends;
 pub mod clock;
 pub mod config;
 pub mod consumer;

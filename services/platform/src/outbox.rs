@@ -19,6 +19,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    appends::Target,
     contract::Envelope,
     db::{self, Db, Tx},
     metrics, topology,
@@ -65,43 +66,49 @@ impl OutboxSignal {
     }
 }
 
-/// Adds `env` to the outbox inside the caller's transaction.
-pub async fn enqueue(tx: &mut Tx, env: &Envelope, trace: &TraceParent) -> Result<(), sqlx::Error> {
-    enqueue_all(tx, std::slice::from_ref(env), trace).await
+/// The outbox's columns an enqueued message fills.
+const OUTBOX: Target = Target {
+    table: "outbox",
+    columns: &[
+        "message_id",
+        "subject",
+        "payload",
+        "traceparent",
+        "booking_id",
+        "created_at",
+    ],
+};
+
+/// Adds `env` to the outbox inside the caller's transaction; the row is written when it
+/// commits (see [`Tx::append`]).
+pub fn enqueue(tx: &mut Tx, env: &Envelope, trace: &TraceParent) {
+    enqueue_all(tx, std::slice::from_ref(env), trace);
 }
 
-/// Adds `envs`, in order, to the outbox inside the caller's transaction (one statement).
-pub async fn enqueue_all(
-    tx: &mut Tx,
-    envs: &[Envelope],
-    trace: &TraceParent,
-) -> Result<(), sqlx::Error> {
-    if envs.is_empty() {
-        return Ok(());
-    }
-    // ($2, …, $6, $1), ($7, …, $11, $1), …: five values per message, then the time they share.
-    let rows = db::param_groups(envs.len(), 5, 2, ", ", |p| format!("({p}, $1)"));
-    let sql = format!(
-        "INSERT INTO outbox (message_id, subject, payload, traceparent, booking_id, created_at) \
-         VALUES {rows}"
-    );
-    let mut query = sqlx::query(&sql).bind(crate::time::now_millis());
+/// Adds `envs`, in order, to the outbox inside the caller's transaction.
+pub fn enqueue_all(tx: &mut Tx, envs: &[Envelope], trace: &TraceParent) {
+    let now = crate::time::now_millis();
     for env in envs {
         let payload = String::from_utf8(env.to_json()).expect("JSON is UTF-8");
-        query = query
-            .bind(env.message_id.to_string())
-            .bind(topology::subject_for(env))
-            .bind(payload)
-            .bind(trace.child().to_string())
-            .bind(env.booking_id.to_string());
+        tx.append(
+            OUTBOX,
+            vec![
+                env.message_id.to_string().into(),
+                topology::subject_for(env).into(),
+                payload.into(),
+                trace.child().to_string().into(),
+                env.booking_id.to_string().into(),
+                now.into(),
+            ],
+        );
     }
-    query.execute(&mut *tx).await?;
-    Ok(())
 }
 
 /// Publishes the latest event this service emitted about `booking_id` again, inside the
 /// caller's transaction. Returns false if it never emitted one.
 pub async fn reannounce_latest(tx: &mut Tx, booking_id: uuid::Uuid) -> Result<bool, sqlx::Error> {
+    // The latest event may still be held back in this transaction.
+    tx.flush().await?;
     let now = crate::time::now_millis();
     let done = sqlx::query(&format!(
         "INSERT INTO outbox (message_id, subject, payload, traceparent, created_at, booking_id, publish_id) \

@@ -19,9 +19,7 @@ use uuid::Uuid;
 async fn enqueue(db: &Db, booking: Uuid, version: u64, body: Body) -> String {
     let env = Envelope::new(booking, booking, version, body);
     let mut tx = db.begin().await.unwrap();
-    outbox::enqueue(&mut tx, &env, &TraceParent::continue_or_start(None))
-        .await
-        .unwrap();
+    outbox::enqueue(&mut tx, &env, &TraceParent::continue_or_start(None));
     tx.commit().await.unwrap();
     env.message_id.to_string()
 }
