@@ -334,4 +334,23 @@ mod tests {
             );
         }
     }
+
+    #[tokio::test]
+    async fn an_admins_list_is_read_in_its_order_a_page_at_a_time() {
+        for filter in [
+            BookingFilter::default(),
+            BookingFilter {
+                status: Some(BookingStatus::Booked),
+                ..BookingFilter::default()
+            },
+        ] {
+            let (sql, _) = list_query(&filter);
+            let plan = platform::testkit::plan_on_empty_sqlite(crate::migrations(), &sql).await;
+            assert_eq!(
+                plan,
+                ["SCAN bookings USING INDEX bookings_start"],
+                "{filter:?}: no sort of the whole table"
+            );
+        }
+    }
 }
