@@ -274,12 +274,9 @@ async fn save_all(
     save: Save,
     rows: &[(i64, BookingRow)],
 ) -> Result<(), sqlx::Error> {
-    let mut rest = rows;
-    for run in platform::db::power_of_two_runs(rows.len(), ROWS_PER_SAVE) {
-        let (these, after) = rest.split_at(run);
-        rest = after;
-        let sql = save_sql(table, save, run);
-        let query = these.iter().fold(sqlx::query(&sql), |q, (seq, row)| {
+    for run in platform::db::power_of_two_runs(rows, ROWS_PER_SAVE) {
+        let sql = save_sql(table, save, run.len());
+        let query = run.iter().fold(sqlx::query(&sql), |q, (seq, row)| {
             bind_columns(q, row, *seq)
         });
         query.execute(&mut *tx).await?;

@@ -23,7 +23,7 @@ const ROWS_PER_STATEMENT: usize = 64;
 /// to), each table's in the order they came.
 #[derive(Debug, Default)]
 pub(crate) struct Appends {
-    tables: Vec<(Target, Vec<Param>)>,
+    tables: Vec<(Target, Vec<Vec<Param>>)>,
 }
 
 impl Appends {
@@ -35,8 +35,8 @@ impl Appends {
             target.table
         );
         match self.tables.iter_mut().find(|(t, _)| *t == target) {
-            Some((_, values)) => values.extend(row),
-            None => self.tables.push((target, row)),
+            Some((_, rows)) => rows.push(row),
+            None => self.tables.push((target, vec![row])),
         }
     }
 
@@ -46,19 +46,18 @@ impl Appends {
 
     /// Inserts the rows held back, in order, on `tx` (see [`db::power_of_two_runs`]).
     pub(crate) async fn write(self, tx: &mut Tx) -> Result<(), sqlx::Error> {
-        for (target, values) in self.tables {
+        for (target, rows) in self.tables {
             let width = target.columns.len();
-            let runs = db::power_of_two_runs(values.len() / width, ROWS_PER_STATEMENT);
-            let mut values = values.into_iter();
-            for rows in runs {
-                let placeholders = db::param_groups(rows, width, 1, ", ", |p| format!("({p})"));
+            for run in db::power_of_two_runs(&rows, ROWS_PER_STATEMENT) {
+                let placeholders =
+                    db::param_groups(run.len(), width, 1, ", ", |p| format!("({p})"));
                 let sql = format!(
                     "INSERT INTO {} ({}) VALUES {placeholders}",
                     target.table,
                     target.columns.join(", ")
                 );
-                let query = (values.by_ref().take(rows * width))
-                    .fold(sqlx::query(&sql), |q, p| p.bind_to(q));
+                let query =
+                    (run.iter().flatten()).fold(sqlx::query(&sql), |q, p| p.clone().bind_to(q));
                 query.execute(&mut *tx).await?;
             }
         }
@@ -86,22 +85,20 @@ mod tests {
         appends.push(LOG, vec!["y".into(), 2.into()]);
         appends.push(OTHER, vec![Param::Text(None)]);
         appends.push(LOG, vec!["z".into(), 3.into()]);
-        let tables: Vec<(&str, &[Param])> = appends
+        let tables: Vec<(&str, &[Vec<Param>])> = appends
             .tables
             .iter()
-            .map(|(t, v)| (t.table, v.as_slice()))
+            .map(|(t, rows)| (t.table, rows.as_slice()))
             .collect();
-        let log: Vec<Param> = vec![
-            "x".into(),
-            1.into(),
-            "y".into(),
-            2.into(),
-            "z".into(),
-            3.into(),
+        let log: Vec<Vec<Param>> = vec![
+            vec!["x".into(), 1.into()],
+            vec!["y".into(), 2.into()],
+            vec!["z".into(), 3.into()],
         ];
+        let other = vec![vec![Param::Text(None)]];
         assert_eq!(
             tables,
-            [("log", log.as_slice()), ("other", &[Param::Text(None)][..])]
+            [("log", log.as_slice()), ("other", other.as_slice())]
         );
     }
 

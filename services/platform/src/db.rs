@@ -657,18 +657,18 @@ impl Conditions {
     }
 }
 
-/// Splits `n` items into runs whose lengths are powers of two, largest first, none longer than
+/// Splits `items` into runs whose lengths are powers of two, largest first, none longer than
 /// `max`: statements built per run (multi-row inserts) then come in a few shapes only, which
 /// the statement caches of both databases keep prepared, where a statement per length would
 /// crowd them out.
-pub fn power_of_two_runs(mut n: usize, max: usize) -> impl Iterator<Item = usize> {
+pub fn power_of_two_runs<T>(mut items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
     let max = max.max(1);
     std::iter::from_fn(move || {
-        if n == 0 {
+        if items.is_empty() {
             return None;
         }
-        let run = (1usize << n.ilog2()).min(max);
-        n -= run;
+        let (run, rest) = items.split_at((1usize << items.len().ilog2()).min(max));
+        items = rest;
         Some(run)
     })
 }
@@ -782,7 +782,12 @@ mod tests {
 
     #[test]
     fn runs_are_powers_of_two_largest_first_and_capped() {
-        let runs = |n, max| power_of_two_runs(n, max).collect::<Vec<_>>();
+        let runs = |n: usize, max| {
+            let items: Vec<usize> = (0..n).collect();
+            power_of_two_runs(&items, max)
+                .map(<[usize]>::len)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(runs(0, 64), Vec::<usize>::new());
         assert_eq!(runs(1, 64), [1]);
         assert_eq!(runs(13, 64), [8, 4, 1]);
