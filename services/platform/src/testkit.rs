@@ -215,6 +215,38 @@ pub async fn plan_on_empty_sqlite(migrations: crate::db::Migrations, sql: &str) 
     query_plan(&db, sql, &vec![0; params]).await
 }
 
+/// PostgreSQL's generic plan for `sql` (the plan a statement prepared by sqlx settles on after
+/// a few runs, made without its parameters' values), with `args` (SQL literals) as the values
+/// to explain it with: one line of `EXPLAIN` each. For tests that pin which index a query uses
+/// on a table that holds rows and has been analysed.
+pub async fn generic_plan_on_postgres(db: &crate::db::Db, sql: &str, args: &[&str]) -> Vec<String> {
+    use sqlx::Row as _;
+    let mut conn = db.pool.acquire().await.expect("a PostgreSQL connection");
+    for statement in [
+        "SET plan_cache_mode = force_generic_plan".to_string(),
+        format!("PREPARE plan_probe AS {sql}"),
+    ] {
+        sqlx::query(&statement)
+            .execute(&mut *conn)
+            .await
+            .expect("preparing the statement");
+    }
+    let plan = sqlx::query(&format!("EXPLAIN EXECUTE plan_probe({})", args.join(", ")))
+        .fetch_all(&mut *conn)
+        .await
+        .expect("the query plan")
+        .iter()
+        .map(|r| r.get::<String, _>(0))
+        .collect();
+    for statement in ["DEALLOCATE plan_probe", "RESET plan_cache_mode"] {
+        sqlx::query(statement)
+            .execute(&mut *conn)
+            .await
+            .expect("cleaning up");
+    }
+    plan
+}
+
 /// Whether a Prometheus text exposition has a line of the metric `name` carrying every one of
 /// `labels` (each written as `key="value"`).
 pub fn has_series(metrics: &str, name: &str, labels: &[&str]) -> bool {
