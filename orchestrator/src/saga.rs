@@ -102,6 +102,12 @@ impl SagaState {
         )
     }
 
+    /// The states a saga passes through before it settles: the ones worth watching, and few
+    /// sagas at a time, whereas settled sagas are kept for good and only grow.
+    pub fn in_flight() -> impl Iterator<Item = SagaState> {
+        Self::ALL.into_iter().filter(|s| !s.is_settled())
+    }
+
     /// Announced (`SagaStateChanged`) as soon as the saga reaches it: every state but STARTED.
     /// STARTED lasts only until the confirm service has opened the approval request, which
     /// takes milliseconds; it is announced only if that reply is overdue (see [`on_retry_due`]),

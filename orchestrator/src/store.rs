@@ -388,19 +388,107 @@ pub async fn due_for_expiry(
     .collect()
 }
 
-/// How many sagas are in each state.
-pub async fn count_by_state(db: &Db) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query("SELECT state, COUNT(*) FROM sagas GROUP BY state")
+/// How many sagas are in each state that is not settled. It reads the state index for those
+/// states only, so it costs what the sagas in flight cost, not the whole history.
+pub async fn count_in_flight(db: &Db) -> Result<Vec<(SagaState, i64)>, sqlx::Error> {
+    let (sql, states) = count_in_flight_query();
+    let mut query = sqlx::query(&sql);
+    for state in states {
+        query = query.bind(state.as_str());
+    }
+    query
         .fetch_all(&db.pool)
         .await?
         .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .map(|r| Ok((state_of(&r.try_get::<String, _>(0)?)?, r.try_get(1)?)))
         .collect()
+}
+
+fn count_in_flight_query() -> (String, Vec<SagaState>) {
+    let states: Vec<SagaState> = SagaState::in_flight().collect();
+    let sql = format!(
+        "SELECT state, COUNT(*) FROM sagas WHERE state IN ({}) GROUP BY state",
+        platform::db::params(1, states.len())
+    );
+    (sql, states)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use platform::testkit::{TestBackend, TestDatabases};
+
+    fn saga_in(state: SagaState) -> Saga {
+        Saga {
+            saga_id: Uuid::new_v4(),
+            booking_id: Uuid::new_v4(),
+            state,
+            booking_cancelled: false,
+            booking: None,
+            confirm_id: None,
+            outcome: None,
+            booking_version: 1,
+            confirm_version: 1,
+            version: 1,
+            approval_deadline: None,
+            expiry_requested: false,
+            pending: None,
+            attempts: 0,
+            stuck: false,
+            announced: Some(state),
+        }
+    }
+
+    async fn only_the_sagas_in_flight_are_counted(backend: TestBackend) {
+        let dbs = TestDatabases::new(backend);
+        let db = Db::connect(&dbs.create("orchestrator").await, crate::migrations())
+            .await
+            .unwrap();
+        let stored = [
+            (SagaState::AwaitingApproval, 3),
+            (SagaState::Compensating, 1),
+            (SagaState::Completed, 4),
+            (SagaState::Cancelled, 2),
+        ];
+        let mut tx = db.begin().await.unwrap();
+        for (state, n) in stored {
+            for _ in 0..n {
+                assert!(save(&mut tx, &saga_in(state), None, None).await.unwrap());
+            }
+        }
+        tx.commit().await.unwrap();
+
+        let mut counts = count_in_flight(&db).await.unwrap();
+        counts.sort_by_key(|(s, _)| s.as_str());
+        assert_eq!(
+            counts,
+            [
+                (SagaState::AwaitingApproval, 3),
+                (SagaState::Compensating, 1)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_sagas_in_flight_are_counted_on_sqlite() {
+        only_the_sagas_in_flight_are_counted(TestBackend::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn only_the_sagas_in_flight_are_counted_on_postgres() {
+        only_the_sagas_in_flight_are_counted(TestBackend::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn the_sagas_in_flight_are_counted_through_the_state_index() {
+        let (sql, _) = count_in_flight_query();
+        let plan = platform::testkit::plan_on_empty_sqlite(crate::migrations(), &sql).await;
+        assert_eq!(
+            plan,
+            ["SEARCH sagas USING COVERING INDEX sagas_state (state=?)"],
+            "{sql}"
+        );
+    }
 
     #[tokio::test]
     async fn the_sagas_in_a_state_are_listed_through_their_index() {

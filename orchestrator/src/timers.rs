@@ -138,14 +138,15 @@ async fn fire_one(
     }
 }
 
-/// Sets the `roombook_sagas{state}` gauges.
+/// Sets the `roombook_sagas{state}` gauges, one per state a saga passes through before it
+/// settles (settled sagas are counted as they settle, by `roombook_saga_duration_seconds`).
 async fn publish_saga_counts(db: &Db) {
-    match store::count_by_state(db).await {
+    match store::count_in_flight(db).await {
         Ok(counts) => {
-            for state in saga::SagaState::ALL {
+            for state in saga::SagaState::in_flight() {
                 let n = counts
                     .iter()
-                    .find(|(s, _)| s == state.as_str())
+                    .find(|(s, _)| *s == state)
                     .map_or(0, |(_, n)| *n);
                 metrics::gauge!("roombook_sagas", "state" => state.as_str()).set(n as f64);
             }

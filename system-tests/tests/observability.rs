@@ -73,7 +73,13 @@ async fn every_service_serves_prometheus_metrics_of_its_work() {
         ),
         "{orchestrator}"
     );
+    // Sagas in flight are counted per state; settled ones by the duration histogram above.
     assert!(has(
+        &orchestrator,
+        "roombook_sagas",
+        &[r#"state="AWAITING_APPROVAL""#]
+    ));
+    assert!(!has(
         &orchestrator,
         "roombook_sagas",
         &[r#"state="COMPLETED""#]

@@ -12,8 +12,8 @@
 //! | `roombook_outbox_backlog` | service | outbox rows not yet published |
 //! | `roombook_sqlite_log_frames` | database | frames in the SQLite write-ahead log at its last checkpoint |
 //! | `roombook_sqlite_log_restarts_total` | database | checkpoints that made the log start over |
-//! | `roombook_sagas` | state | sagas per state (orchestrator) |
-//! | `roombook_saga_duration_seconds` | state | booking to settled state (orchestrator) |
+//! | `roombook_sagas` | state | sagas in each state before settling (orchestrator) |
+//! | `roombook_saga_duration_seconds` | state | booking to settled state (orchestrator); its `_count` counts the sagas settled |
 //!
 //! Labels carry message types (`unknown` for a subject naming none of ours), never booking ids,
 //! so the series stay few.
