@@ -157,8 +157,11 @@ pub async fn persist(
     if saga.state.is_settled() && !before.is_some_and(SagaState::is_settled) {
         if let Some(s) = stored {
             let took = (when.now - s.created_at).num_milliseconds().max(0) as f64 / 1000.0;
-            metrics::histogram!("roombook_saga_duration_seconds", "state" => saga.state.as_str())
-                .record(took);
+            let state = saga.state.as_str();
+            tx.on_commit(move || {
+                metrics::histogram!("roombook_saga_duration_seconds", "state" => state)
+                    .record(took);
+            });
         }
     }
     if before != Some(saga.state) {

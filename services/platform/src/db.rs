@@ -310,6 +310,8 @@ async fn checkpoint(
 pub struct Tx {
     inner: TxInner,
     appends: Appends,
+    /// Run once the transaction has committed (see [`Tx::on_commit`]).
+    committed: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 enum TxInner {
@@ -335,7 +337,15 @@ impl Tx {
         Tx {
             inner,
             appends: Appends::default(),
+            committed: Vec::new(),
         }
+    }
+
+    /// Runs `f` after the transaction commits, and never if it does not: for what must count
+    /// only what was stored, such as metrics of the work done (a consumer batch that rolls back
+    /// is applied again message by message, and would otherwise be counted twice).
+    pub fn on_commit(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.committed.push(Box::new(f));
     }
 
     /// Appends a row (values in `target`'s column order) to a log table when the transaction
@@ -355,9 +365,13 @@ impl Tx {
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
         self.flush().await?;
         match self.inner {
-            TxInner::Sqlite(mut tx) => tx.0.exec("COMMIT"),
-            TxInner::Postgres(tx) => tx.commit().await,
+            TxInner::Sqlite(mut tx) => tx.0.exec("COMMIT")?,
+            TxInner::Postgres(tx) => tx.commit().await?,
         }
+        for f in self.committed {
+            f();
+        }
+        Ok(())
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {

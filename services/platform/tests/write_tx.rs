@@ -168,6 +168,67 @@ async fn a_write_transaction_reads_and_writes_like_the_pool_on_postgres() {
     reads_and_writes_like_the_pool(TestBackend::Postgres).await;
 }
 
+/// `Tx::on_commit` runs its work once the transaction has committed, and never for one that
+/// rolls back, is dropped, or fails to commit.
+async fn work_on_commit_runs_only_after_a_commit(backend: TestBackend) {
+    use std::sync::{Arc, Mutex};
+    let dbs = TestDatabases::new(backend);
+    let db = open(&dbs).await;
+    // A deferred foreign key is checked at COMMIT, so a commit can be made to fail.
+    for ddl in [
+        "CREATE TABLE parents (id BIGINT PRIMARY KEY)",
+        "CREATE TABLE children (parent BIGINT REFERENCES parents (id) DEFERRABLE INITIALLY DEFERRED)",
+    ] {
+        sqlx::query(ddl).execute(&db.pool).await.unwrap();
+    }
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let note = |tx: &mut db::Tx, what: &'static str| {
+        let ran = Arc::clone(&ran);
+        tx.on_commit(move || ran.lock().unwrap().push(what));
+    };
+
+    let mut tx = db.begin().await.unwrap();
+    note(&mut tx, "rolled back");
+    tx.rollback().await.unwrap();
+
+    let mut tx = db.begin().await.unwrap();
+    note(&mut tx, "dropped");
+    drop(tx);
+
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO children (parent) VALUES (404)")
+        .execute(&mut tx)
+        .await
+        .unwrap();
+    note(&mut tx, "failed to commit");
+    assert!(tx.commit().await.is_err(), "the deferred key is missing");
+
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("INSERT INTO parents (id) VALUES (1)")
+        .execute(&mut tx)
+        .await
+        .unwrap();
+    note(&mut tx, "first");
+    note(&mut tx, "second");
+    assert!(
+        ran.lock().unwrap().is_empty(),
+        "nothing runs before the commit"
+    );
+    tx.commit().await.unwrap();
+
+    assert_eq!(*ran.lock().unwrap(), ["first", "second"]);
+}
+
+#[tokio::test]
+async fn work_on_commit_runs_only_after_a_commit_on_sqlite() {
+    work_on_commit_runs_only_after_a_commit(TestBackend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn work_on_commit_runs_only_after_a_commit_on_postgres() {
+    work_on_commit_runs_only_after_a_commit(TestBackend::Postgres).await;
+}
+
 #[tokio::test]
 async fn sqlite_writers_take_turns_and_the_next_goes_when_the_first_ends() {
     let dbs = TestDatabases::new(TestBackend::Sqlite);
