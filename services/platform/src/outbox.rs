@@ -182,20 +182,71 @@ pub async fn relay(
     }
 }
 
+/// Ids of the outbox looked at per pruning statement, so each holds the write lock briefly.
+const PRUNE_SPAN: i64 = 1000;
+
 /// Deletes rows published longer than [`RETENTION`] before `now_millis`, keeping every
-/// booking's latest event (run hourly by [`crate::retention`]). Returns how many rows went.
-pub async fn prune(db: &Db, now_millis: i64) -> Result<u64, sqlx::Error> {
+/// booking's latest event (run hourly by [`crate::retention`]), until done or `cancel` fires.
+/// Returns how many rows went.
+///
+/// It walks the log upwards in spans of ids, from the oldest row, and stops at the first row
+/// published within the retention: the relay publishes in id order, so the rest are younger
+/// (one published out of order goes in a later run). Each statement looks at one span, and a
+/// row's fate is one index probe (is there a later event of its booking?), so a run costs what
+/// the rows it walks cost, never more.
+pub async fn prune(
+    db: &Db,
+    now_millis: i64,
+    cancel: &CancellationToken,
+) -> Result<u64, sqlx::Error> {
     let cutoff = now_millis - i64::try_from(RETENTION.as_millis()).unwrap_or(i64::MAX);
-    let sql = format!(
-        "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1 \
-         AND id NOT IN (SELECT MAX(id) FROM outbox WHERE subject LIKE '{}.%' GROUP BY booking_id)",
-        topology::EVENTS_PREFIX
-    );
-    // On a pool connection, not the write connection: this scans the whole outbox, and the
-    // write connection runs on the async thread, which must not stall for that long. (Writers
-    // wait for the file's lock meanwhile, as for any other process's.)
-    let done = sqlx::query(&sql).bind(cutoff).execute(&db.pool).await?;
-    Ok(done.rows_affected())
+    let delete = prune_sql();
+    let mut total = 0;
+    let mut from = 0;
+    while !cancel.is_cancelled() {
+        let Some(first) = first_row_from(db, from).await? else {
+            break;
+        };
+        if first.1.is_some_and(|published| published >= cutoff) {
+            break;
+        }
+        let mut tx = db.begin().await?;
+        let done = sqlx::query(&delete)
+            .bind(first.0)
+            .bind(first.0 + PRUNE_SPAN)
+            .bind(cutoff)
+            .execute(&mut tx)
+            .await?;
+        tx.commit().await?;
+        total += done.rows_affected();
+        from = first.0 + PRUNE_SPAN;
+        tokio::task::yield_now().await;
+    }
+    Ok(total)
+}
+
+/// The first row at or after id `from`: its id and when it was published.
+async fn first_row_from(db: &Db, from: i64) -> Result<Option<(i64, Option<i64>)>, sqlx::Error> {
+    sqlx::query("SELECT id, published_at FROM outbox WHERE id >= $1 ORDER BY id LIMIT 1")
+        .bind(from)
+        .fetch_optional(&db.pool)
+        .await?
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .transpose()
+}
+
+/// The statement [`prune`] runs for each span (public for plan tests): deletes the rows with
+/// ids in `[$1, $2)` published before `$3`, except a booking's latest event — an event stays
+/// until a later event of its booking is in the log.
+pub fn prune_sql() -> String {
+    let events = format!("{}.%", topology::EVENTS_PREFIX);
+    format!(
+        "DELETE FROM outbox WHERE id >= $1 AND id < $2 \
+         AND published_at IS NOT NULL AND published_at < $3 \
+         AND (subject NOT LIKE '{events}' OR EXISTS (SELECT 1 FROM outbox later \
+              WHERE later.booking_id = outbox.booking_id AND later.id > outbox.id \
+              AND later.subject LIKE '{events}'))"
+    )
 }
 
 /// Publishes one batch and marks what the server acknowledged as published (the rows stay as

@@ -19,7 +19,7 @@ pub async fn prune_regularly(db: db::Db, cancel: CancellationToken) {
         i64::try_from(db::PROCESSED_RETENTION.as_millis()).unwrap_or(i64::MAX);
     loop {
         let now = crate::time::now_millis();
-        match outbox::prune(&db, now).await {
+        match outbox::prune(&db, now, &cancel).await {
             Ok(0) => {}
             Ok(rows) => tracing::info!(rows, "pruned published outbox rows"),
             Err(e) => tracing::warn!(error = %e, "pruning the outbox failed"),

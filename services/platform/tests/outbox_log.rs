@@ -13,6 +13,7 @@ use roombook_platform::{
     trace::TraceParent,
 };
 use sqlx::Row as _;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Writes `body` for `booking` to the outbox and returns its message id.
@@ -102,12 +103,22 @@ async fn prune_keeps_what_may_still_be_needed(backend: TestBackend) {
         .await
         .unwrap();
 
-    assert_eq!(outbox::prune(&db, now).await.unwrap(), 2);
+    assert_eq!(
+        outbox::prune(&db, now, &CancellationToken::new())
+            .await
+            .unwrap(),
+        2
+    );
     let mut kept = vec![a_latest.clone(), b_only, c_unpublished, d_first, d_latest];
     kept.sort();
     assert_eq!(remaining(&db).await, kept);
     // Pruning again finds nothing more.
-    assert_eq!(outbox::prune(&db, now).await.unwrap(), 0);
+    assert_eq!(
+        outbox::prune(&db, now, &CancellationToken::new())
+            .await
+            .unwrap(),
+        0
+    );
 
     // The kept latest event can still be announced again: a new row with its envelope.
     let mut tx = db.begin().await.unwrap();
@@ -121,6 +132,100 @@ async fn prune_keeps_what_may_still_be_needed(backend: TestBackend) {
         .get(0);
     assert_eq!(again, 2);
     assert_eq!(outbox::backlog(&db).await.unwrap(), 2);
+}
+
+/// A log several pruning spans long: old bookings with two events and a command between them,
+/// then rows published within the retention.
+async fn prune_walks_a_long_log(backend: TestBackend) {
+    let (_dbs, db) = common::database(backend, "outbox").await;
+    let now = now_millis();
+    let old = now - i64::try_from(outbox::RETENTION.as_millis()).unwrap() - 3_600_000;
+    let trace = TraceParent::continue_or_start(None);
+    let old_bookings = 1200;
+    let mut tx = db.begin().await.unwrap();
+    let mut latest = Vec::new();
+    for _ in 0..old_bookings {
+        let booking = Uuid::new_v4();
+        let last = Envelope::new(booking, booking, 3, cancelled());
+        let command = Body::CancelBooking(CancelBooking {
+            reason: CancelReason::UserCancelled,
+            detail: None,
+        });
+        let rows = [
+            Envelope::new(booking, booking, 1, confirmed()),
+            Envelope::new(booking, booking, 2, command),
+            last.clone(),
+        ];
+        outbox::enqueue_all(&mut tx, &rows, &trace);
+        latest.push(last.message_id.to_string());
+    }
+    tx.commit().await.unwrap();
+    sqlx::query("UPDATE outbox SET published_at = $1")
+        .bind(old)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut recent = Vec::new();
+    for _ in 0..300 {
+        let booking = Uuid::new_v4();
+        recent.push(enqueue(&db, booking, 1, confirmed()).await);
+    }
+    sqlx::query("UPDATE outbox SET published_at = $1 WHERE published_at IS NULL")
+        .bind(now - 60_000)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let stopping = CancellationToken::new();
+    assert_eq!(
+        outbox::prune(&db, now, &stopping).await.unwrap(),
+        2 * old_bookings
+    );
+    let mut kept = [latest, recent].concat();
+    kept.sort();
+    assert_eq!(remaining(&db).await, kept);
+}
+
+#[tokio::test]
+async fn pruning_walks_a_log_longer_than_one_span_on_sqlite() {
+    prune_walks_a_long_log(TestBackend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn pruning_walks_a_log_longer_than_one_span_on_postgres() {
+    prune_walks_a_long_log(TestBackend::Postgres).await;
+}
+
+/// Each row's fate is one probe of the booking's later events, whatever the log's size; the
+/// statement this replaced compared every row with the list of every booking's latest event,
+/// which PostgreSQL, once that list outgrows its memory for hashing, does row by row.
+#[tokio::test]
+async fn pruning_probes_each_rows_booking_by_index_on_postgres() {
+    let (_dbs, db) = common::database(TestBackend::Postgres, "outbox").await;
+    for statement in [
+        "INSERT INTO outbox (message_id, subject, payload, created_at, booking_id, published_at) \
+         SELECT 'm' || g, 'roombook.events.booking.b' || g / 3 || '.BookingConfirmed', '{}', 0, \
+         'b' || g / 3, 1 FROM generate_series(1, 60000) g",
+        "ANALYZE outbox",
+    ] {
+        sqlx::query(statement).execute(&db.pool).await.unwrap();
+    }
+    let plan = roombook_platform::testkit::generic_plan_on_postgres(
+        &db,
+        &outbox::prune_sql(),
+        &["1", "1001", "100"],
+    )
+    .await;
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("Index Scan using outbox_booking on outbox later")),
+        "{plan:#?}"
+    );
+    assert!(
+        plan.iter()
+            .all(|l| !l.contains("Materialize") && !l.contains("Seq Scan")),
+        "{plan:#?}"
+    );
 }
 
 #[tokio::test]
