@@ -369,23 +369,28 @@ pub async fn due_for_retry(
     .collect()
 }
 
+/// The waiting sagas whose deadline is `$1` or earlier, earliest first, at most `$2`: read from
+/// the index of the sagas that can still expire (its condition is repeated here, which is what
+/// lets a database use it), so neither settled sagas, whose deadlines stay behind them for
+/// good, nor waiting ones not yet due are read.
+const DUE_FOR_EXPIRY: &str = "SELECT booking_id FROM sagas WHERE deadline_ms <= $1 \
+     AND expiry_requested = 0 AND state IN ('STARTED', 'AWAITING_APPROVAL') \
+     ORDER BY deadline_ms LIMIT $2";
+
 /// Bookings whose saga still awaits a decision although its deadline has passed.
 pub async fn due_for_expiry(
     db: &Db,
     now: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query(
-        "SELECT booking_id FROM sagas WHERE expiry_requested = 0 AND deadline_ms <= $1 \
-         AND state IN ('STARTED', 'AWAITING_APPROVAL') ORDER BY deadline_ms LIMIT $2",
-    )
-    .bind(to_millis(now))
-    .bind(limit)
-    .fetch_all(&db.pool)
-    .await?
-    .iter()
-    .map(|r| uuid(r, "booking_id"))
-    .collect()
+    sqlx::query(DUE_FOR_EXPIRY)
+        .bind(to_millis(now))
+        .bind(limit)
+        .fetch_all(&db.pool)
+        .await?
+        .iter()
+        .map(|r| uuid(r, "booking_id"))
+        .collect()
 }
 
 /// How many sagas are in each state that is not settled. It reads the state index for those
@@ -437,6 +442,92 @@ mod tests {
             stuck: false,
             announced: Some(state),
         }
+    }
+
+    /// Sagas past their deadline: many settled (their deadline stays in the past) and a few
+    /// still waiting, which are the only ones due.
+    /// (The databases are handed back with the connection: dropping them deletes SQLite's file.)
+    async fn only_waiting_sagas_are_due_for_expiry(backend: TestBackend) -> (TestDatabases, Db) {
+        let dbs = TestDatabases::new(backend);
+        let db = Db::connect(&dbs.create("orchestrator").await, crate::migrations())
+            .await
+            .unwrap();
+        let now = from_millis(now_millis());
+        let past = |minutes| Some(now - chrono::Duration::minutes(minutes));
+        let mut tx = db.begin().await.unwrap();
+        for i in 0..2000 {
+            let state = [SagaState::Completed, SagaState::Compensated][i % 2];
+            let saga = Saga {
+                approval_deadline: past(60 + i as i64),
+                ..saga_in(state)
+            };
+            assert!(save(&mut tx, &saga, None, None).await.unwrap());
+        }
+        let mut waiting = Vec::new();
+        for (minutes, state) in [(3, SagaState::AwaitingApproval), (5, SagaState::Started)] {
+            let saga = Saga {
+                approval_deadline: past(minutes),
+                ..saga_in(state)
+            };
+            waiting.push(saga.booking_id);
+            assert!(save(&mut tx, &saga, None, None).await.unwrap());
+        }
+        let later = Saga {
+            approval_deadline: Some(now + chrono::Duration::minutes(5)),
+            ..saga_in(SagaState::AwaitingApproval)
+        };
+        assert!(save(&mut tx, &later, None, None).await.unwrap());
+        tx.commit().await.unwrap();
+
+        waiting.reverse(); // earliest deadline first
+        assert_eq!(due_for_expiry(&db, now, 256).await.unwrap(), waiting);
+        (dbs, db)
+    }
+
+    #[tokio::test]
+    async fn only_waiting_sagas_are_due_for_expiry_on_sqlite() {
+        let (_dbs, db) = only_waiting_sagas_are_due_for_expiry(TestBackend::Sqlite).await;
+        // SQLite, without statistics, prefers the state index: it reads the waiting sagas
+        // and sorts those; either index keeps the settled ones out of the read.
+        let plan = platform::testkit::query_plan(&db, DUE_FOR_EXPIRY, &[now_millis(), 256]).await;
+        assert!(
+            [
+                "SEARCH sagas USING INDEX sagas_waiting_deadline (deadline_ms<?)",
+                "SEARCH sagas USING INDEX sagas_state (state=?)"
+            ]
+            .contains(&plan[0].as_str()),
+            "{plan:?}"
+        );
+    }
+
+    /// PostgreSQL reads only the due sagas' index entries: no settled saga, and no waiting one
+    /// whose deadline is still ahead, is read and filtered out.
+    #[tokio::test]
+    async fn only_waiting_sagas_are_due_for_expiry_on_postgres() {
+        let (_dbs, db) = only_waiting_sagas_are_due_for_expiry(TestBackend::Postgres).await;
+        sqlx::query("ANALYZE sagas")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let plan: Vec<String> =
+            sqlx::query(&format!("EXPLAIN (ANALYZE, COSTS OFF) {DUE_FOR_EXPIRY}"))
+                .bind(now_millis())
+                .bind(256_i64)
+                .fetch_all(&db.pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<String, _>(0))
+                .collect();
+        assert!(
+            plan.iter()
+                .any(|l| l.contains("Index Scan using sagas_waiting_deadline")),
+            "{plan:#?}"
+        );
+        assert!(
+            plan.iter().all(|l| !l.contains("Rows Removed by Filter")),
+            "{plan:#?}"
+        );
     }
 
     async fn only_the_sagas_in_flight_are_counted(backend: TestBackend) {
