@@ -21,9 +21,13 @@ struct App {
 }
 
 async fn spawn_app() -> App {
+    spawn_app_on(TestBackend::Sqlite).await
+}
+
+async fn spawn_app_on(backend: TestBackend) -> App {
     platform::telemetry::init_for_tests();
     let nats = NatsServer::start();
-    let dbs = TestDatabases::new(TestBackend::Sqlite);
+    let dbs = TestDatabases::new(backend);
     let config = roombook_booking::Config {
         service: ServiceConfig::for_test(&nats.url(), &dbs.create("booking").await),
         sample_rooms: true,
@@ -144,13 +148,41 @@ async fn the_compact_seed_time_format_is_accepted_as_utc() {
     assert_eq!(booking["bookingUserId"], "alice");
 }
 
-#[tokio::test]
-async fn unknown_rooms_and_bookings_are_404() {
-    let app = spawn_app().await;
+/// A booking of a room that does not exist is 404, and nothing is stored: the database's
+/// reference from bookings to rooms says so (there is no separate look-up of the room).
+async fn a_booking_of_an_unknown_room_is_404(backend: TestBackend) {
+    let app = spawn_app_on(backend).await;
     let body = json!({"roomId": 999, "useStartDtm": tomorrow(9), "useEndDtm": tomorrow(10)});
     let (status, ctype, problem) = app.post_booking(&body.to_string()).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
     assert_eq!(ctype, "application/problem+json");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("999"),
+        "{problem}"
+    );
+    let (status, _, list) = app
+        .call(Method::GET, "/bookings", Some(("alice", "user")), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list, json!([]));
+}
+
+#[tokio::test]
+async fn a_booking_of_an_unknown_room_is_404_on_sqlite() {
+    a_booking_of_an_unknown_room_is_404(TestBackend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_booking_of_an_unknown_room_is_404_on_postgres() {
+    a_booking_of_an_unknown_room_is_404(TestBackend::Postgres).await;
+}
+
+#[tokio::test]
+async fn unknown_bookings_and_rooms_are_404() {
+    let app = spawn_app().await;
     let missing = uuid::Uuid::new_v4();
     for (method, path) in [
         (Method::GET, format!("/bookings/{missing}")),
