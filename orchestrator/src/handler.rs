@@ -165,12 +165,12 @@ pub async fn persist(
         }
     }
     if before != Some(saga.state) {
-        tracing::info!(
-            booking_id = %saga.booking_id,
-            from = before.map_or("-", SagaState::as_str),
-            to = saga.state.as_str(),
-            "saga moved"
-        );
+        // Logged once stored, in the span of the message that moved it.
+        let (span, booking_id) = (tracing::Span::current(), saga.booking_id);
+        let (from, to) = (before.map_or("-", SagaState::as_str), saga.state.as_str());
+        tx.on_commit(move || {
+            span.in_scope(|| tracing::info!(%booking_id, from, to, "saga moved"));
+        });
     }
     Ok(())
 }
