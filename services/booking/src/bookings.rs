@@ -36,6 +36,10 @@ pub enum BookingError {
     AlreadyCancelled(Uuid),
     #[error("booking {0} has already started")]
     AlreadyStarted(Uuid),
+    /// Another writer changed the booking between our read and our write (PostgreSQL only:
+    /// SQLite has one writer). Reading it again and retrying is safe.
+    #[error("booking {0} changed while it was being updated")]
+    ChangedConcurrently(Uuid),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -199,12 +203,38 @@ pub async fn cancel_by_user(
     id: Uuid,
     detail: Option<String>,
     trace: &TraceParent,
-    may_access: impl FnOnce(&Booking) -> bool,
+    may_access: impl Fn(&Booking) -> bool,
+) -> Result<Booking, BookingError> {
+    // A cancel that meets a concurrent change (the admin's approval confirming the booking,
+    // say) reads the booking again and decides anew: a confirmed booking can still be
+    // cancelled by its owner, a cancelled one is 409.
+    let mut attempt = 1;
+    loop {
+        match cancel_once(db, outbox, id, detail.clone(), trace, &may_access).await {
+            Err(BookingError::ChangedConcurrently(_)) if attempt < 5 => {
+                tracing::debug!(
+                    attempt,
+                    "cancel booking: changed concurrently, trying again"
+                );
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn cancel_once(
+    db: &Db,
+    outbox: &OutboxSignal,
+    id: Uuid,
+    detail: Option<String>,
+    trace: &TraceParent,
+    may_access: &impl Fn(&Booking) -> bool,
 ) -> Result<Booking, BookingError> {
     let mut tx = db.begin().await?;
     let booking = store::get_booking(&mut tx, id)
         .await?
-        .filter(may_access)
+        .filter(|b| may_access(b))
         .ok_or(BookingError::NotFound(id))?;
     if booking.status == BookingStatus::Cancelled {
         return Err(BookingError::AlreadyCancelled(id));
@@ -233,9 +263,8 @@ async fn apply_cancel(
     booking.version += 1;
     booking.updated_at = platform::time::now();
     if !store::update_status(&mut *tx, &booking, read_version).await? {
-        // Only possible on PostgreSQL with a concurrent writer; the caller's transaction is
-        // abandoned and the operation retried (message) or reported (HTTP).
-        return Err(sqlx::Error::RowNotFound.into());
+        // The caller's transaction is abandoned and the operation retried.
+        return Err(BookingError::ChangedConcurrently(booking.id));
     }
     emit(
         tx,
@@ -270,7 +299,7 @@ pub async fn on_confirm_command(
     booking.version += 1;
     booking.updated_at = platform::time::now();
     if !store::update_status(&mut *tx, &booking, read_version).await? {
-        return Err(sqlx::Error::RowNotFound.into());
+        return Err(BookingError::ChangedConcurrently(booking.id));
     }
     emit(
         tx,

@@ -1,5 +1,5 @@
-//! The booking API's answers to bad input, unknown things and other users, over HTTP against
-//! the real service (real nats-server, real SQLite).
+//! The booking API's answers to bad input, unknown things, other users and concurrent writers,
+//! over HTTP against the real service (real nats-server, real SQLite or PostgreSQL).
 
 use chrono::{Duration, Utc};
 use platform::{
@@ -17,6 +17,7 @@ struct App {
     _dbs: TestDatabases,
     _svc: RunningService,
     url: String,
+    database_url: String,
     http: reqwest::Client,
 }
 
@@ -28,8 +29,9 @@ async fn spawn_app_on(backend: TestBackend) -> App {
     platform::telemetry::init_for_tests();
     let nats = NatsServer::start();
     let dbs = TestDatabases::new(backend);
+    let database_url = dbs.create("booking").await;
     let config = roombook_booking::Config {
-        service: ServiceConfig::for_test(&nats.url(), &dbs.create("booking").await),
+        service: ServiceConfig::for_test(&nats.url(), &database_url),
         sample_rooms: true,
     };
     let svc = roombook_booking::spawn(config, CancellationToken::new())
@@ -40,6 +42,7 @@ async fn spawn_app_on(backend: TestBackend) -> App {
         _nats: nats,
         _dbs: dbs,
         _svc: svc,
+        database_url,
         http: reqwest::Client::new(),
     }
 }
@@ -178,6 +181,50 @@ async fn a_booking_of_an_unknown_room_is_404_on_sqlite() {
 #[tokio::test]
 async fn a_booking_of_an_unknown_room_is_404_on_postgres() {
     a_booking_of_an_unknown_room_is_404(TestBackend::Postgres).await;
+}
+
+/// An owner's cancel that meets another writer's change of the booking (the admin's approval
+/// confirming it, say) reads it again and still cancels it, instead of failing.
+#[tokio::test]
+async fn a_cancel_that_meets_a_concurrent_confirmation_still_cancels_on_postgres() {
+    let app = spawn_app_on(TestBackend::Postgres).await;
+    let body = json!({"roomId": 101, "useStartDtm": tomorrow(9), "useEndDtm": tomorrow(10)});
+    let (status, _, booking) = app.post_booking(&body.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{booking}");
+    let id = booking["id"].as_str().unwrap().to_string();
+
+    // The confirmation, written but not yet committed while the cancel runs.
+    let db = sqlx::PgPool::connect(&app.database_url).await.unwrap();
+    let mut confirming = db.begin().await.unwrap();
+    sqlx::query("UPDATE bookings SET status = 'CONFIRMED', version = version + 1 WHERE id = $1")
+        .bind(&id)
+        .execute(&mut *confirming)
+        .await
+        .unwrap();
+    let path = format!("/bookings/{id}");
+    let cancel = app.call(Method::DELETE, &path, Some(("alice", "user")), None);
+    let commit_once_the_cancel_waits = async {
+        platform::testkit::eventually(
+            "the cancel waiting for the booking's row",
+            std::time::Duration::from_secs(10),
+            || async {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .fetch_one(&db)
+                .await
+                .unwrap();
+                (waiting > 0).then_some(())
+            },
+        )
+        .await;
+        confirming.commit().await.unwrap();
+    };
+    let ((status, _, cancelled), ()) = tokio::join!(cancel, commit_once_the_cancel_waits);
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    assert_eq!(cancelled["status"], "CANCELLED");
+    assert_eq!(cancelled["version"], 3, "cancelled after the confirmation");
 }
 
 #[tokio::test]
