@@ -356,17 +356,26 @@ pub async fn due_for_retry(
     now: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query(
+    due(
+        db,
         "SELECT booking_id FROM sagas WHERE stuck = 0 AND next_retry_ms <= $1 \
          ORDER BY next_retry_ms LIMIT $2",
+        now,
+        limit,
     )
-    .bind(to_millis(now))
-    .bind(limit)
-    .fetch_all(&db.pool)
-    .await?
-    .iter()
-    .map(|r| uuid(r, "booking_id"))
-    .collect()
+    .await
+}
+
+/// The booking ids a timer query (`$1` now, `$2` the most to return) finds due.
+async fn due(db: &Db, sql: &str, now: DateTime<Utc>, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query(sql)
+        .bind(to_millis(now))
+        .bind(limit)
+        .fetch_all(&db.pool)
+        .await?
+        .iter()
+        .map(|r| uuid(r, "booking_id"))
+        .collect()
 }
 
 /// The waiting sagas whose deadline is `$1` or earlier, earliest first, at most `$2`: read from
@@ -383,14 +392,7 @@ pub async fn due_for_expiry(
     now: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query(DUE_FOR_EXPIRY)
-        .bind(to_millis(now))
-        .bind(limit)
-        .fetch_all(&db.pool)
-        .await?
-        .iter()
-        .map(|r| uuid(r, "booking_id"))
-        .collect()
+    due(db, DUE_FOR_EXPIRY, now, limit).await
 }
 
 /// How many sagas are in each state that is not settled. It reads the state index for those
