@@ -93,8 +93,15 @@ async fn create_once(
             return replay(existing, req);
         }
     }
-    // Most losers of a race for a slot stop here; inserting first would send them all into the
-    // overlap guard, which on PostgreSQL aborts racing inserts as deadlocks.
+    // PostgreSQL: requests for one room take turns from here to their commit. Without that,
+    // requests that all found the slot free insert together, and the overlap guard makes each
+    // wait for another's uncommitted insert — cycles the server breaks one a second by aborting
+    // one of them as a deadlock, which then tries again: a burst for one slot could keep every
+    // request busy for tens of seconds. (SQLite has one writer: they take turns anyway.)
+    if db.backend == db::Backend::Postgres && !store::lock_room(&mut tx, req.room_id).await? {
+        return Err(BookingError::UnknownRoom(req.room_id));
+    }
+    // Losers of a race for a slot stop here, having waited for the winner's commit.
     if let Some(other) = store::find_overlap(&mut tx, req.room_id, &req.slot).await? {
         return Err(overlap(&other));
     }
@@ -117,8 +124,8 @@ async fn create_once(
     let inserted = store::insert_booking(&mut tx, &booking, req.idempotency_key.as_deref()).await;
     match inserted {
         Ok(()) => {}
-        // The room is not looked up beforehand: the reference from bookings to rooms checks it
-        // within the insert, one statement fewer per booking.
+        // On SQLite the room is not looked up beforehand: the reference from bookings to rooms
+        // checks it within the insert, one statement fewer per booking.
         Err(e) if db::is_missing_reference(&e) => {
             return Err(BookingError::UnknownRoom(req.room_id))
         }

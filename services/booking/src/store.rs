@@ -103,6 +103,16 @@ pub async fn find_overlap<'c, E: Executor<'c, Database = Any>>(
         .transpose()
 }
 
+/// PostgreSQL only: locks room `room` until the transaction ends, so that bookings of one room
+/// are made one at a time; false if there is no such room.
+pub async fn lock_room(tx: &mut platform::db::Tx, room: RoomId) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query("SELECT id FROM rooms WHERE id = $1 FOR UPDATE")
+        .bind(room)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some())
+}
+
 pub async fn insert_booking<'c, E: Executor<'c, Database = Any>>(
     db: E,
     b: &Booking,
