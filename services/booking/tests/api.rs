@@ -151,8 +151,8 @@ async fn the_compact_seed_time_format_is_accepted_as_utc() {
     assert_eq!(booking["bookingUserId"], "alice");
 }
 
-/// A booking of a room that does not exist is 404, and nothing is stored: the database's
-/// reference from bookings to rooms says so (there is no separate look-up of the room).
+/// A booking of a room that does not exist is 404, and nothing is stored (on SQLite the
+/// insert's reference to the room finds none; on PostgreSQL the room's lock does).
 async fn a_booking_of_an_unknown_room_is_404(backend: TestBackend) {
     let app = spawn_app_on(backend).await;
     let body = json!({"roomId": 999, "useStartDtm": tomorrow(9), "useEndDtm": tomorrow(10)});
