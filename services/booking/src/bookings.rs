@@ -66,17 +66,35 @@ pub async fn create(
     req: NewBooking,
     trace: &TraceParent,
 ) -> Result<Created, BookingError> {
-    // PostgreSQL may abort one of several transactions racing for one slot as a deadlock (two
-    // inserts waiting on each other through the exclusion constraint); trying again is safe and
-    // then finds the winner's booking (409) or the slot free.
-    let mut attempt = 1;
+    retrying("create booking", || create_once(db, outbox, &req, trace)).await
+}
+
+/// Runs `attempt` again, up to five times in all, while it fails in a way that a fresh try
+/// may not: the database gave up on the transaction (a deadlock, a serialization failure), or
+/// another writer changed the booking between our read and our write.
+async fn retrying<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, BookingError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BookingError>>,
+{
+    let mut tries = 1;
     loop {
-        match create_once(db, outbox, &req, trace).await {
-            Err(BookingError::Database(e)) if db::is_transient(&e) && attempt < 5 => {
-                tracing::debug!(error = %e, attempt, "create booking: transient conflict, trying again");
-                attempt += 1;
+        match attempt().await {
+            Err(e) if e.is_retryable() && tries < 5 => {
+                tracing::debug!(error = %e, tries, "{what}: collided with another writer, trying again");
+                tries += 1;
             }
             other => return other,
+        }
+    }
+}
+
+impl BookingError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            BookingError::Database(e) => db::is_transient(e),
+            BookingError::ChangedConcurrently(_) => true,
+            _ => false,
         }
     }
 }
@@ -215,19 +233,10 @@ pub async fn cancel_by_user(
     // A cancel that meets a concurrent change (the admin's approval confirming the booking,
     // say) reads the booking again and decides anew: a confirmed booking can still be
     // cancelled by its owner, a cancelled one is 409.
-    let mut attempt = 1;
-    loop {
-        match cancel_once(db, outbox, id, detail.clone(), trace, &may_access).await {
-            Err(BookingError::ChangedConcurrently(_)) if attempt < 5 => {
-                tracing::debug!(
-                    attempt,
-                    "cancel booking: changed concurrently, trying again"
-                );
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
+    retrying("cancel booking", || {
+        cancel_once(db, outbox, id, detail.clone(), trace, &may_access)
+    })
+    .await
 }
 
 async fn cancel_once(
