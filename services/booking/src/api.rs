@@ -75,7 +75,9 @@ impl From<BookingError> for Problem {
             BookingError::AlreadyCancelled(_) => Problem::conflict("booking-cancelled", detail),
             BookingError::AlreadyStarted(_) => Problem::conflict("booking-started", detail),
             // Still colliding after its retries: the caller may safely try again.
-            BookingError::ChangedConcurrently(_) => Problem::unavailable(detail, 1),
+            BookingError::ChangedConcurrently(_) | BookingError::SlotFreed(_) => {
+                Problem::unavailable(detail, 1)
+            }
             BookingError::Database(e) => e.into(),
         }
     }

@@ -40,6 +40,10 @@ pub enum BookingError {
     /// SQLite has one writer). Reading it again and retrying is safe.
     #[error("booking {0} changed while it was being updated")]
     ChangedConcurrently(Uuid),
+    /// The booking that kept a request out of its slot was cancelled before the request could
+    /// say which one it was. Trying again is safe.
+    #[error("a booking of room {0} changed while the booking was being made")]
+    SlotFreed(RoomId),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -93,7 +97,7 @@ impl BookingError {
     fn is_retryable(&self) -> bool {
         match self {
             BookingError::Database(e) => db::is_transient(e),
-            BookingError::ChangedConcurrently(_) => true,
+            BookingError::ChangedConcurrently(_) | BookingError::SlotFreed(_) => true,
             _ => false,
         }
     }
@@ -111,18 +115,6 @@ async fn create_once(
             return replay(existing, req);
         }
     }
-    // PostgreSQL: requests for one room take turns from here to their commit. Without that,
-    // requests that all found the slot free insert together, and the overlap guard makes each
-    // wait for another's uncommitted insert — cycles the server breaks one a second by aborting
-    // one of them as a deadlock, which then tries again: a burst for one slot could keep every
-    // request busy for tens of seconds. (SQLite has one writer: they take turns anyway.)
-    if db.backend == db::Backend::Postgres && !store::lock_room(&mut tx, req.room_id).await? {
-        return Err(BookingError::UnknownRoom(req.room_id));
-    }
-    // Losers of a race for a slot stop here, having waited for the winner's commit.
-    if let Some(other) = store::find_overlap(&mut tx, req.room_id, &req.slot).await? {
-        return Err(overlap(&other));
-    }
     let now = platform::time::now();
     let booking = Booking {
         id: Uuid::now_v7(),
@@ -139,15 +131,16 @@ async fn create_once(
         created_at: now,
         updated_at: now,
     };
-    let inserted = store::insert_booking(&mut tx, &booking, req.idempotency_key.as_deref()).await;
+    // PostgreSQL: the room stays locked from here to the commit (see the store).
+    let lock_room = db.backend == db::Backend::Postgres;
+    let inserted =
+        store::insert_booking_if_free(&mut tx, &booking, req.idempotency_key.as_deref(), lock_room)
+            .await;
     match inserted {
-        Ok(()) => {}
-        // On SQLite the room is not looked up beforehand: the reference from bookings to rooms
-        // checks it within the insert, one statement fewer per booking.
-        Err(e) if db::is_missing_reference(&e) => {
-            return Err(BookingError::UnknownRoom(req.room_id))
-        }
-        // The database's own guard (trigger / exclusion constraint) caught an overlap.
+        Ok(true) => {}
+        Ok(false) => return Err(why_not_inserted(&mut tx, req).await?),
+        // The database's own guard (trigger / exclusion constraint) caught an overlap: on
+        // PostgreSQL, a request that waited for the room behind the booking now in its way.
         Err(e) if db::error_mentions(&e, "booking_overlap") => {
             drop(tx);
             return Err(
@@ -191,6 +184,19 @@ async fn create_once(
     Ok(Created {
         booking,
         replayed: false,
+    })
+}
+
+/// Why a booking was not inserted: the slot is taken, or the room does not exist. Asked only
+/// after the fact, so that a request that goes through costs one statement.
+async fn why_not_inserted(tx: &mut Tx, req: &NewBooking) -> Result<BookingError, sqlx::Error> {
+    if let Some(other) = store::find_overlap(&mut *tx, req.room_id, &req.slot).await? {
+        return Ok(overlap(&other));
+    }
+    Ok(match store::get_room(&mut *tx, req.room_id).await? {
+        None => BookingError::UnknownRoom(req.room_id),
+        // The booking in the way was cancelled in between: worth another try.
+        Some(_) => BookingError::SlotFreed(req.room_id),
     })
 }
 
@@ -353,4 +359,84 @@ fn emit(tx: &mut Tx, booking: &Booking, body: Body, trace: &TraceParent) {
     let version = u64::try_from(booking.version).unwrap_or_default();
     let env = Envelope::new(booking.id, booking.saga_id, version, body);
     outbox::enqueue(tx, &env, trace);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, TimeZone};
+    use platform::testkit::{TestBackend, TestDatabases};
+
+    use crate::domain::Room;
+
+    fn request(room_id: RoomId, from_hour: i64, to_hour: i64) -> NewBooking {
+        let day = Utc.with_ymd_and_hms(2031, 5, 6, 0, 0, 0).unwrap();
+        NewBooking {
+            room_id,
+            slot: TimeSlot::new(
+                day + Duration::hours(from_hour),
+                day + Duration::hours(to_hour),
+            )
+            .unwrap(),
+            user_id: "alice".into(),
+            user_email: None,
+            idempotency_key: None,
+        }
+    }
+
+    /// A request the guarded insert turned away is told apart afterwards: the booking in its
+    /// way, an unknown room, or — the booking in its way gone since — a reason to try again.
+    async fn a_turned_away_request_learns_why(backend: TestBackend) {
+        let dbs = TestDatabases::new(backend);
+        let db = Db::connect(&dbs.create("booking").await, crate::migrations())
+            .await
+            .unwrap();
+        let room = Room {
+            id: 7,
+            name: "Seven".into(),
+            capacity: 4,
+        };
+        store::insert_room_if_absent(&db.pool, &room).await.unwrap();
+        let outbox = OutboxSignal::default();
+        let trace = TraceParent::new_root();
+        let held = create(&db, &outbox, request(7, 9, 11), &trace)
+            .await
+            .unwrap();
+
+        let mut tx = db.begin().await.unwrap();
+        match why_not_inserted(&mut tx, &request(7, 10, 12))
+            .await
+            .unwrap()
+        {
+            BookingError::Overlap { room, start, end } => {
+                assert_eq!(room, 7);
+                assert_eq!(
+                    (start, end),
+                    (held.booking.use_start_dtm, held.booking.use_end_dtm)
+                );
+            }
+            other => panic!("expected the overlap with the held booking, got {other:?}"),
+        }
+        assert!(matches!(
+            why_not_inserted(&mut tx, &request(8, 10, 12))
+                .await
+                .unwrap(),
+            BookingError::UnknownRoom(8)
+        ));
+        let freed = why_not_inserted(&mut tx, &request(7, 11, 12))
+            .await
+            .unwrap();
+        assert!(matches!(freed, BookingError::SlotFreed(7)), "{freed:?}");
+        assert!(freed.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn a_turned_away_request_learns_why_on_sqlite() {
+        a_turned_away_request_learns_why(TestBackend::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn a_turned_away_request_learns_why_on_postgres() {
+        a_turned_away_request_learns_why(TestBackend::Postgres).await;
+    }
 }

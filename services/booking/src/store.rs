@@ -103,42 +103,60 @@ pub async fn find_overlap<'c, E: Executor<'c, Database = Any>>(
         .transpose()
 }
 
-/// PostgreSQL only: locks room `room` until the transaction ends, so that bookings of one room
-/// are made one at a time; false if there is no such room.
-pub async fn lock_room(tx: &mut platform::db::Tx, room: RoomId) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query("SELECT id FROM rooms WHERE id = $1 FOR UPDATE")
-        .bind(room)
-        .fetch_optional(&mut *tx)
-        .await?
-        .is_some())
-}
-
-pub async fn insert_booking<'c, E: Executor<'c, Database = Any>>(
-    db: E,
+/// Inserts `b` unless its room is unknown or its slot overlaps a live booking of the room, in
+/// one statement; true if it was inserted. On PostgreSQL (`lock_room`) the statement also
+/// locks the room's row until the transaction ends, so bookings of one room are made one at a
+/// time: without that, requests that all found the slot free insert together, and the overlap
+/// guard makes each wait for another's uncommitted insert — cycles the server breaks one a
+/// second by aborting one of them as a deadlock, which then tries again. (SQLite has one
+/// writer: they take turns anyway.)
+///
+/// The overlap check runs on the statement's snapshot, taken before the lock is granted: a
+/// request that waited for the room may still insert over the booking it waited for, and the
+/// database's own overlap guard then rejects it (`booking_overlap`), with the winner committed,
+/// so without waiting on anyone. The check is a scalar subquery, not `NOT EXISTS`, so that it
+/// keeps its `ORDER BY end_ms LIMIT 1` and with it the index (see `first_overlap_query`).
+pub async fn insert_booking_if_free(
+    tx: &mut platform::db::Tx,
     b: &Booking,
     idempotency_key: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "INSERT INTO bookings ({BOOKING_COLUMNS}, idempotency_key) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-    ))
-    .bind(b.id.to_string())
-    .bind(b.saga_id.to_string())
-    .bind(b.room_id)
-    .bind(&b.booking_user_id)
-    .bind(&b.booking_user_email)
-    .bind(to_millis(b.use_start_dtm))
-    .bind(to_millis(b.use_end_dtm))
-    .bind(b.status.as_str())
-    .bind(b.cancel_reason.map(CancelReason::as_str))
-    .bind(&b.cancel_detail)
-    .bind(b.version)
-    .bind(to_millis(b.created_at))
-    .bind(to_millis(b.updated_at))
-    .bind(idempotency_key)
-    .execute(db)
-    .await?;
-    Ok(())
+    lock_room: bool,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(&insert_if_free_sql(lock_room))
+        .bind(b.room_id)
+        .bind(to_millis(b.use_end_dtm))
+        .bind(to_millis(b.use_start_dtm))
+        .bind(b.id.to_string())
+        .bind(b.saga_id.to_string())
+        .bind(&b.booking_user_id)
+        .bind(&b.booking_user_email)
+        .bind(b.status.as_str())
+        .bind(b.cancel_reason.map(CancelReason::as_str))
+        .bind(&b.cancel_detail)
+        .bind(b.version)
+        .bind(to_millis(b.created_at))
+        .bind(to_millis(b.updated_at))
+        .bind(idempotency_key)
+        .execute(&mut *tx)
+        .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// `$1` room, `$2` end and `$3` start (as in `OVERLAPPING`), then the other columns.
+fn insert_if_free_sql(lock_room: bool) -> String {
+    format!(
+        "INSERT INTO bookings (room_id, end_ms, start_ms, id, saga_id, booking_user_id, \
+         booking_user_email, status, cancel_reason, cancel_detail, version, created_at, \
+         updated_at, idempotency_key) \
+         SELECT id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 FROM rooms \
+         WHERE id = $1 AND (SELECT end_ms FROM bookings WHERE {OVERLAPPING} \
+         ORDER BY end_ms LIMIT 1) IS NULL{}",
+        if lock_room {
+            " FOR UPDATE OF rooms"
+        } else {
+            ""
+        }
+    )
 }
 
 /// Writes a status change, guarded by the version it was read at (optimistic concurrency).
@@ -351,18 +369,48 @@ mod tests {
             sqlx::query(statement).execute(&db.pool).await.unwrap();
         }
         // Room 3, a slot after every booking: nothing overlaps.
-        let plan = platform::testkit::generic_plan_on_postgres(
-            &db,
-            &first_overlap_query(),
-            &["3", "5000000000", "4000000000"],
-        )
-        .await;
+        let slot = ["3", "5000000000", "4000000000"];
+        let new_booking = [
+            "'b'", "'s'", "'user1'", "NULL", "'BOOKED'", "NULL", "NULL", "1", "0", "0",
+        ];
+        for (sql, args) in [
+            (first_overlap_query(), slot.to_vec()),
+            (
+                insert_if_free_sql(true),
+                [&slot[..], &new_booking, &["NULL"]].concat(),
+            ),
+        ] {
+            let plan = platform::testkit::generic_plan_on_postgres(&db, &sql, &args).await;
+            assert!(
+                plan.iter()
+                    .any(|l| l.contains("Index Scan using bookings_room_end on bookings")),
+                "{sql}: {plan:#?}"
+            );
+            assert!(
+                plan.iter().all(|l| !l.contains("Seq Scan on bookings")),
+                "{sql}: {plan:#?}"
+            );
+        }
+    }
+
+    /// A booking request's one statement: the overlap check by the room's calendar, the room
+    /// by its key.
+    #[tokio::test]
+    async fn the_guarded_insert_reads_the_room_and_its_calendar_by_key_on_sqlite() {
+        let sql = insert_if_free_sql(false);
+        let plan = platform::testkit::plan_on_empty_sqlite(crate::migrations(), &sql).await;
         assert!(
-            plan.iter()
-                .any(|l| l.contains("Index Scan using bookings_room_end on bookings")),
+            plan.iter().any(|l| l.contains(
+                "SEARCH bookings USING INDEX bookings_room_end (room_id=? AND end_ms>?)"
+            )),
             "{plan:#?}"
         );
-        assert!(plan.iter().all(|l| !l.contains("Seq Scan")), "{plan:#?}");
+        assert!(
+            plan.iter()
+                .any(|l| l.contains("SEARCH rooms USING INTEGER PRIMARY KEY")),
+            "{plan:#?}"
+        );
+        assert!(plan.iter().all(|l| !l.starts_with("SCAN")), "{plan:#?}");
     }
 
     #[tokio::test]

@@ -764,17 +764,6 @@ pub fn is_conflict(e: &sqlx::Error) -> bool {
     }
 }
 
-/// A foreign key that names no row: PostgreSQL's 23503, SQLite's `SQLITE_CONSTRAINT_FOREIGNKEY`.
-pub fn is_missing_reference(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(db) => {
-            db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation
-                || matches!(db.code().as_deref(), Some("23503" | "787"))
-        }
-        _ => false,
-    }
-}
-
 /// True when the database gave up on the transaction for reasons a retry can overcome: a
 /// deadlock, a serialization failure, or (SQLite) a lock it could not get in time.
 pub fn is_transient(e: &sqlx::Error) -> bool {
