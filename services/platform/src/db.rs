@@ -47,6 +47,10 @@ pub const POSTGRES_POOL_SIZE: u32 = 10;
 /// Connections to a SQLite file for reading (WAL lets them run beside the writer), besides
 /// the one write connection.
 pub const SQLITE_POOL_SIZE: u32 = 4;
+/// A pooled PostgreSQL connection idle for longer than this is checked with a round trip
+/// before it is handed out (the server may have closed it meanwhile); one in steady use has
+/// just shown that it works, and checking it too would add a round trip to every transaction.
+pub const POSTGRES_CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -122,6 +126,9 @@ impl Db {
             Backend::Sqlite => {
                 AnyPoolOptions::new()
                     .max_connections(SQLITE_POOL_SIZE)
+                    // A connection to a file does not go stale: no round trip to its thread
+                    // to check it before each use.
+                    .test_before_acquire(false)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             // WAL lets readers run beside the one writer; the busy timeout makes
@@ -141,6 +148,15 @@ impl Db {
                 AnyPoolOptions::new()
                     .max_connections(POSTGRES_POOL_SIZE)
                     .acquire_timeout(Duration::from_secs(10))
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for > POSTGRES_CHECK_IDLE_AFTER {
+                                sqlx::Connection::ping(conn).await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_with(options)
                     .await
             }
