@@ -109,9 +109,9 @@ async fn create_once(
     req: &NewBooking,
     trace: &TraceParent,
 ) -> Result<Created, BookingError> {
-    let mut tx = db.begin().await?;
-    if let Some(key) = &req.idempotency_key {
-        if let Some(existing) = store::find_by_idempotency_key(&mut tx, &req.user_id, key).await? {
+    let key = req.idempotency_key.as_deref();
+    if let Some(key) = key {
+        if let Some(existing) = store::find_by_idempotency_key(&db.pool, &req.user_id, key).await? {
             return replay(existing, req);
         }
     }
@@ -131,33 +131,39 @@ async fn create_once(
         created_at: now,
         updated_at: now,
     };
-    // PostgreSQL: the room stays locked from here to the commit (see the store).
-    let lock_room = db.backend == db::Backend::Postgres;
-    let inserted =
-        store::insert_booking_if_free(&mut tx, &booking, req.idempotency_key.as_deref(), lock_room)
-            .await;
+    let event = envelope(
+        &booking,
+        Body::BookingCreated(BookingCreated {
+            room_id: booking.room_id,
+            booking_user_id: booking.booking_user_id.clone(),
+            booking_user_email: booking.booking_user_email.clone(),
+            use_start_dtm: booking.use_start_dtm,
+            use_end_dtm: booking.use_end_dtm,
+        }),
+    );
+    let inserted = match db.backend {
+        db::Backend::Postgres => {
+            let event = outbox::row(&event, trace);
+            store::insert_booking_and_event_if_free(&db.pool, &booking, key, event).await
+        }
+        db::Backend::Sqlite => insert_in_transaction(db, &booking, key, &event, trace).await,
+    };
     match inserted {
         Ok(true) => {}
-        Ok(false) => return Err(why_not_inserted(&mut tx, req).await?),
+        Ok(false) => return Err(why_not_inserted(&db.pool, req).await?),
         // The database's own guard (trigger / exclusion constraint) caught an overlap: on
         // PostgreSQL, a request that waited for the room behind the booking now in its way.
         Err(e) if db::error_mentions(&e, "booking_overlap") => {
-            drop(tx);
             return Err(
                 match store::find_overlap(&db.pool, req.room_id, &req.slot).await? {
                     Some(other) => overlap(&other),
-                    None => BookingError::Overlap {
-                        room: req.room_id,
-                        start: req.slot.start(),
-                        end: req.slot.end(),
-                    },
+                    None => overlap_of(req),
                 },
             );
         }
         // A concurrent retry with the same Idempotency-Key won the race: answer with its booking.
-        Err(e) if db::is_conflict(&e) && req.idempotency_key.is_some() => {
-            drop(tx);
-            let key = req.idempotency_key.as_deref().unwrap_or_default();
+        Err(e) if db::is_conflict(&e) && key.is_some() => {
+            let key = key.unwrap_or_default();
             return match store::find_by_idempotency_key(&db.pool, &req.user_id, key).await? {
                 Some(existing) => replay(existing, req),
                 None => Err(e.into()),
@@ -165,21 +171,6 @@ async fn create_once(
         }
         Err(e) => return Err(e.into()),
     }
-    let event = Body::BookingCreated(BookingCreated {
-        room_id: booking.room_id,
-        booking_user_id: booking.booking_user_id.clone(),
-        booking_user_email: booking.booking_user_email.clone(),
-        use_start_dtm: booking.use_start_dtm,
-        use_end_dtm: booking.use_end_dtm,
-    });
-    emit(&mut tx, &booking, event, trace);
-    tx.commit().await.map_err(|e| {
-        if db::error_mentions(&e, "booking_overlap") {
-            overlap_of(req)
-        } else {
-            e.into()
-        }
-    })?;
     outbox.notify();
     Ok(Created {
         booking,
@@ -187,13 +178,34 @@ async fn create_once(
     })
 }
 
+/// SQLite: the guarded insert and the event's outbox row in a transaction on the write
+/// connection (statements there are calls into the library, not round trips).
+async fn insert_in_transaction(
+    db: &Db,
+    booking: &Booking,
+    key: Option<&str>,
+    event: &Envelope,
+    trace: &TraceParent,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    if !store::insert_booking_if_free(&mut tx, booking, key, false).await? {
+        return Ok(false);
+    }
+    outbox::enqueue(&mut tx, event, trace);
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// Why a booking was not inserted: the slot is taken, or the room does not exist. Asked only
 /// after the fact, so that a request that goes through costs one statement.
-async fn why_not_inserted(tx: &mut Tx, req: &NewBooking) -> Result<BookingError, sqlx::Error> {
-    if let Some(other) = store::find_overlap(&mut *tx, req.room_id, &req.slot).await? {
+async fn why_not_inserted(
+    pool: &sqlx::AnyPool,
+    req: &NewBooking,
+) -> Result<BookingError, sqlx::Error> {
+    if let Some(other) = store::find_overlap(pool, req.room_id, &req.slot).await? {
         return Ok(overlap(&other));
     }
-    Ok(match store::get_room(&mut *tx, req.room_id).await? {
+    Ok(match store::get_room(pool, req.room_id).await? {
         None => BookingError::UnknownRoom(req.room_id),
         // The booking in the way was cancelled in between: worth another try.
         Some(_) => BookingError::SlotFreed(req.room_id),
@@ -356,9 +368,13 @@ pub async fn on_cancel_command(
 }
 
 fn emit(tx: &mut Tx, booking: &Booking, body: Body, trace: &TraceParent) {
+    outbox::enqueue(tx, &envelope(booking, body), trace);
+}
+
+/// The event `body` about `booking`, at its version.
+fn envelope(booking: &Booking, body: Body) -> Envelope {
     let version = u64::try_from(booking.version).unwrap_or_default();
-    let env = Envelope::new(booking.id, booking.saga_id, version, body);
-    outbox::enqueue(tx, &env, trace);
+    Envelope::new(booking.id, booking.saga_id, version, body)
 }
 
 #[cfg(test)]
@@ -403,8 +419,7 @@ mod tests {
             .await
             .unwrap();
 
-        let mut tx = db.begin().await.unwrap();
-        match why_not_inserted(&mut tx, &request(7, 10, 12))
+        match why_not_inserted(&db.pool, &request(7, 10, 12))
             .await
             .unwrap()
         {
@@ -418,12 +433,12 @@ mod tests {
             other => panic!("expected the overlap with the held booking, got {other:?}"),
         }
         assert!(matches!(
-            why_not_inserted(&mut tx, &request(8, 10, 12))
+            why_not_inserted(&db.pool, &request(8, 10, 12))
                 .await
                 .unwrap(),
             BookingError::UnknownRoom(8)
         ));
-        let freed = why_not_inserted(&mut tx, &request(7, 11, 12))
+        let freed = why_not_inserted(&db.pool, &request(7, 11, 12))
             .await
             .unwrap();
         assert!(matches!(freed, BookingError::SlotFreed(7)), "{freed:?}");

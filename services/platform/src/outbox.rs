@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     appends::Target,
     contract::Envelope,
-    db::{self, Db, Tx},
+    db::{self, Db, Param, Tx},
     metrics, topology,
     trace::{self, TraceParent},
 };
@@ -87,21 +87,29 @@ pub fn enqueue(tx: &mut Tx, env: &Envelope, trace: &TraceParent) {
 
 /// Adds `envs`, in order, to the outbox inside the caller's transaction.
 pub fn enqueue_all(tx: &mut Tx, envs: &[Envelope], trace: &TraceParent) {
-    let now = crate::time::now_millis();
     for env in envs {
-        let payload = String::from_utf8(env.to_json()).expect("JSON is UTF-8");
-        tx.append(
-            OUTBOX,
-            vec![
-                env.message_id.to_string().into(),
-                topology::subject_for(env).into(),
-                payload.into(),
-                trace.child().to_string().into(),
-                env.booking_id.to_string().into(),
-                now.into(),
-            ],
-        );
+        tx.append(OUTBOX, row(env, trace));
     }
+}
+
+/// The outbox's columns a message fills, in the order of [`row`]: for a statement that writes
+/// the message itself, together with the change it announces (`INSERT INTO outbox ({columns})
+/// SELECT … FROM <the change>`), where a separate statement would cost a round trip.
+pub fn columns() -> String {
+    OUTBOX.columns.join(", ")
+}
+
+/// `env`'s values for [`columns`].
+pub fn row(env: &Envelope, trace: &TraceParent) -> Vec<Param> {
+    let payload = String::from_utf8(env.to_json()).expect("JSON is UTF-8");
+    vec![
+        env.message_id.to_string().into(),
+        topology::subject_for(env).into(),
+        payload.into(),
+        trace.child().to_string().into(),
+        env.booking_id.to_string().into(),
+        crate::time::now_millis().into(),
+    ]
 }
 
 /// Publishes the latest event this service emitted about `booking_id` again, inside the
