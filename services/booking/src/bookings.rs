@@ -188,7 +188,7 @@ async fn insert_in_transaction(
     trace: &TraceParent,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = db.begin().await?;
-    if !store::insert_booking_if_free(&mut tx, booking, key, false).await? {
+    if !store::insert_booking_if_free(&mut tx, booking, key).await? {
         return Ok(false);
     }
     outbox::enqueue(&mut tx, event, trace);

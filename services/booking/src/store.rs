@@ -103,35 +103,24 @@ pub async fn find_overlap<'c, E: Executor<'c, Database = Any>>(
         .transpose()
 }
 
-/// Inserts `b` unless its room is unknown or its slot overlaps a live booking of the room, in
-/// one statement; true if it was inserted. On PostgreSQL (`lock_room`) the statement also
-/// locks the room's row until the transaction ends, so bookings of one room are made one at a
-/// time: without that, requests that all found the slot free insert together, and the overlap
-/// guard makes each wait for another's uncommitted insert — cycles the server breaks one a
-/// second by aborting one of them as a deadlock, which then tries again. (SQLite has one
-/// writer: they take turns anyway.)
-///
-/// The overlap check runs on the statement's snapshot, taken before the lock is granted: a
-/// request that waited for the room may still insert over the booking it waited for, and the
-/// database's own overlap guard then rejects it (`booking_overlap`), with the winner committed,
-/// so without waiting on anyone. The check is a scalar subquery, not `NOT EXISTS`, so that it
-/// keeps its `ORDER BY end_ms LIMIT 1` and with it the index (see `first_overlap_query`).
+/// SQLite: inserts `b` in the caller's transaction unless its room is unknown or its slot
+/// overlaps a live booking of the room (see [`insert_if_free_sql`]); true if it was inserted.
 pub async fn insert_booking_if_free(
     tx: &mut platform::db::Tx,
     b: &Booking,
     idempotency_key: Option<&str>,
-    lock_room: bool,
 ) -> Result<bool, sqlx::Error> {
-    let sql = insert_if_free_sql(lock_room);
+    let sql = insert_if_free_sql(false);
     let inserted = bind_booking(sqlx::query(&sql), b, idempotency_key)
         .execute(&mut *tx)
         .await?;
     Ok(inserted.rows_affected() == 1)
 }
 
-/// PostgreSQL: [`insert_booking_if_free`] and the event that announces it (`event`, the
-/// outbox's values) in one statement, which is its own transaction — one round trip where a
-/// transaction of two statements takes four. The room stays locked until the statement ends.
+/// PostgreSQL: the guarded insert, locking the room, and the event that announces it
+/// (`event`, the outbox's values) in one statement, which is its own transaction — one round
+/// trip where a transaction of two statements takes four. The room stays locked until the
+/// statement ends.
 pub async fn insert_booking_and_event_if_free(
     pool: &sqlx::AnyPool,
     b: &Booking,
@@ -180,7 +169,19 @@ fn insert_with_event_sql(event_columns: usize) -> String {
     )
 }
 
-/// `$1` room, `$2` end and `$3` start (as in `OVERLAPPING`), then the other columns.
+/// Inserts a booking unless its room is unknown or its slot overlaps a live booking of the
+/// room, in one statement: `$1` room, `$2` end and `$3` start (as in `OVERLAPPING`), then the
+/// other columns. With `lock_room` (PostgreSQL) it also locks the room's row until the
+/// transaction ends, so bookings of one room are made one at a time: without that, requests
+/// that all found the slot free insert together, and the overlap guard makes each wait for
+/// another's uncommitted insert — cycles the server breaks one a second by aborting one of them
+/// as a deadlock, which then tries again. (SQLite has one writer: they take turns anyway.)
+///
+/// The overlap check runs on the statement's snapshot, taken before the lock is granted: a
+/// request that waited for the room may still insert over the booking it waited for, and the
+/// database's own overlap guard then rejects it (`booking_overlap`), with the winner committed,
+/// so without waiting on anyone. The check is a scalar subquery, not `NOT EXISTS`, so that it
+/// keeps its `ORDER BY end_ms LIMIT 1` and with it the index (see `first_overlap_query`).
 fn insert_if_free_sql(lock_room: bool) -> String {
     format!(
         "INSERT INTO bookings (room_id, end_ms, start_ms, id, saga_id, booking_user_id, \
