@@ -98,6 +98,16 @@ impl Db {
 
     /// Connects (creating the SQLite file and its folder if needed), without migrating.
     pub async fn open(url: &str) -> anyhow::Result<Db> {
+        Db::open_checking_idle_after(url, POSTGRES_CHECK_IDLE_AFTER).await
+    }
+
+    /// As [`Db::open`], with PostgreSQL's pooled connections checked before use once they
+    /// have been idle for longer than `check_idle_after` (the services use
+    /// [`POSTGRES_CHECK_IDLE_AFTER`]).
+    pub async fn open_checking_idle_after(
+        url: &str,
+        check_idle_after: Duration,
+    ) -> anyhow::Result<Db> {
         static DRIVERS: Once = Once::new();
         DRIVERS.call_once(sqlx::any::install_default_drivers);
 
@@ -149,9 +159,9 @@ impl Db {
                     .max_connections(POSTGRES_POOL_SIZE)
                     .acquire_timeout(Duration::from_secs(10))
                     .test_before_acquire(false)
-                    .before_acquire(|conn, meta| {
+                    .before_acquire(move |conn, meta| {
                         Box::pin(async move {
-                            if meta.idle_for > POSTGRES_CHECK_IDLE_AFTER {
+                            if meta.idle_for > check_idle_after {
                                 sqlx::Connection::ping(conn).await?;
                             }
                             Ok(true)
