@@ -415,10 +415,6 @@ mod tests {
         for (sql, args) in [
             (first_overlap_query(), slot.to_vec()),
             (
-                insert_if_free_sql(true),
-                [&slot[..], &new_booking, &["NULL"]].concat(),
-            ),
-            (
                 insert_with_event_sql(6),
                 [
                     &slot[..],
