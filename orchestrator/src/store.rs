@@ -122,11 +122,14 @@ pub async fn load_many(
     }
     // Repeats of the last id change nothing in an IN list.
     let padded = platform::db::padded_len(booking_ids.len());
-    let sql = format!(
-        "SELECT {COLUMNS} FROM sagas WHERE booking_id IN ({})",
-        platform::db::params(1, padded)
-    );
-    let mut query = sqlx::query(&sql);
+    static TEXTS: platform::db::StatementTexts<usize> = platform::db::StatementTexts::new();
+    let sql = TEXTS.get(padded, || {
+        format!(
+            "SELECT {COLUMNS} FROM sagas WHERE booking_id IN ({})",
+            platform::db::params(1, padded)
+        )
+    });
+    let mut query = sqlx::query(sql);
     for i in 0..padded {
         query = query.bind(booking_ids[i.min(booking_ids.len() - 1)].to_string());
     }

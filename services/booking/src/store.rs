@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use platform::{
     contract::{CancelReason, RoomId},
-    db::{AnyQuery, Conditions, Param},
+    db::{AnyQuery, Conditions, Param, StatementTexts},
     time::{from_millis, to_millis},
 };
 use sqlx::{any::AnyRow, Any, Executor, Row as _};
@@ -110,8 +110,9 @@ pub async fn insert_booking_if_free(
     b: &Booking,
     idempotency_key: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
-    let sql = insert_if_free_sql(false);
-    let inserted = bind_booking(sqlx::query(&sql), b, idempotency_key)
+    static TEXT: StatementTexts<()> = StatementTexts::new();
+    let sql = TEXT.get((), || insert_if_free_sql(false));
+    let inserted = bind_booking(sqlx::query(sql), b, idempotency_key)
         .execute(&mut *tx)
         .await?;
     Ok(inserted.rows_affected() == 1)
@@ -127,8 +128,9 @@ pub async fn insert_booking_and_event_if_free(
     idempotency_key: Option<&str>,
     event: Vec<Param>,
 ) -> Result<bool, sqlx::Error> {
-    let sql = insert_with_event_sql(event.len());
-    let query = bind_booking(sqlx::query(&sql), b, idempotency_key);
+    static TEXTS: StatementTexts<usize> = StatementTexts::new();
+    let sql = TEXTS.get(event.len(), || insert_with_event_sql(event.len()));
+    let query = bind_booking(sqlx::query(sql), b, idempotency_key);
     let inserted = event
         .into_iter()
         .fold(query, |q, value| value.bind_to(q))

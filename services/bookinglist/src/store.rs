@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use platform::{
     contract::{CancelReason, Envelope},
-    db::{AnyQuery, Tx},
+    db::{AnyQuery, StatementTexts, Tx},
     time::{from_millis, to_millis},
 };
 use sqlx::{any::AnyRow, Any, Executor, Row as _};
@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// One of the two tables that hold rows; their names are fixed here, never taken from input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ViewTable {
     A,
     B,
@@ -204,7 +204,7 @@ fn indexed_columns_change(before: &BookingRow, new: &BookingRow) -> bool {
 
 /// How a row is saved: every column, or only those outside [`INDEXED`] when the row exists and
 /// those did not change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Save {
     All,
     Unindexed,
@@ -275,10 +275,13 @@ async fn save_all(
     rows: &[(i64, BookingRow)],
 ) -> Result<(), sqlx::Error> {
     for run in platform::db::power_of_two_runs(rows, ROWS_PER_SAVE) {
-        let sql = save_sql(table, save, run.len());
-        let query = run.iter().fold(sqlx::query(&sql), |q, (seq, row)| {
-            bind_columns(q, row, *seq)
+        static TEXTS: StatementTexts<(ViewTable, Save, usize)> = StatementTexts::new();
+        let sql = TEXTS.get((table, save, run.len()), || {
+            save_sql(table, save, run.len())
         });
+        let query = run
+            .iter()
+            .fold(sqlx::query(sql), |q, (seq, row)| bind_columns(q, row, *seq));
         query.execute(&mut *tx).await?;
     }
     Ok(())
@@ -357,12 +360,15 @@ async fn get_many(
     for chunk in bookings.chunks(CHUNK) {
         // Padded with repeats of the last id, which change nothing in an IN list.
         let padded = platform::db::padded_len(chunk.len());
-        let sql = format!(
-            "SELECT {COLUMNS} FROM {} WHERE booking_id IN ({})",
-            table.name(),
-            platform::db::params(1, padded)
-        );
-        let mut query = sqlx::query(&sql);
+        static TEXTS: StatementTexts<(ViewTable, usize)> = StatementTexts::new();
+        let sql = TEXTS.get((table, padded), || {
+            format!(
+                "SELECT {COLUMNS} FROM {} WHERE booking_id IN ({})",
+                table.name(),
+                platform::db::params(1, padded)
+            )
+        });
+        let mut query = sqlx::query(sql);
         for i in 0..padded {
             query = query.bind(chunk[i.min(chunk.len() - 1)].to_string());
         }

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use platform::{
     contract::RoomId,
-    db::{Conditions, Tx},
+    db::{Conditions, StatementTexts, Tx},
     time::{from_millis, to_millis},
 };
 use sqlx::{any::AnyRow, Any, AnyPool, Executor, Row as _};
@@ -100,13 +100,16 @@ pub async fn insert_all(tx: &mut Tx, records: &[NewRecord]) -> Result<(), sqlx::
 pub const INSERT_CHUNK: usize = 32;
 
 async fn insert_chunk(tx: &mut Tx, chunk: &[NewRecord]) -> Result<(), sqlx::Error> {
-    let width = COLUMNS.split(',').count();
-    let rows = platform::db::param_groups(chunk.len(), width, 1, ", ", |p| format!("({p})"));
-    let sql = format!(
-        "INSERT INTO notifications ({COLUMNS}) VALUES {rows} \
-         ON CONFLICT (event_id, recipient_key) DO NOTHING"
-    );
-    let mut query = sqlx::query(&sql);
+    static TEXTS: StatementTexts<usize> = StatementTexts::new();
+    let sql = TEXTS.get(chunk.len(), || {
+        let width = COLUMNS.split(',').count();
+        let rows = platform::db::param_groups(chunk.len(), width, 1, ", ", |p| format!("({p})"));
+        format!(
+            "INSERT INTO notifications ({COLUMNS}) VALUES {rows} \
+             ON CONFLICT (event_id, recipient_key) DO NOTHING"
+        )
+    });
+    let mut query = sqlx::query(sql);
     for (n, recipient_key) in chunk {
         query = query
             .bind(n.id.to_string())
@@ -348,8 +351,9 @@ pub async fn claim_all<'e>(
     }
     // Repeats of the last record change nothing.
     let padded = platform::db::padded_len(due.len());
-    let sql = claim_sql(padded);
-    let mut query = sqlx::query_scalar::<_, String>(&sql)
+    static TEXTS: StatementTexts<usize> = StatementTexts::new();
+    let sql = TEXTS.get(padded, || claim_sql(padded));
+    let mut query = sqlx::query_scalar::<_, String>(sql)
         .bind(to_millis(lease_until))
         .bind(to_millis(now));
     for i in 0..padded {

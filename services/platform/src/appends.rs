@@ -10,7 +10,7 @@ use crate::db::{self, Param, Tx};
 
 /// A table rows are appended to, with the columns each row gives values for, in order. Both are
 /// fixed in code, never taken from input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Target {
     pub table: &'static str,
     pub columns: &'static [&'static str],
@@ -49,15 +49,18 @@ impl Appends {
         for (target, rows) in self.tables {
             let width = target.columns.len();
             for run in db::power_of_two_runs(&rows, ROWS_PER_STATEMENT) {
-                let placeholders =
-                    db::param_groups(run.len(), width, 1, ", ", |p| format!("({p})"));
-                let sql = format!(
-                    "INSERT INTO {} ({}) VALUES {placeholders}",
-                    target.table,
-                    target.columns.join(", ")
-                );
+                static TEXTS: db::StatementTexts<(Target, usize)> = db::StatementTexts::new();
+                let sql = TEXTS.get((target, run.len()), || {
+                    let placeholders =
+                        db::param_groups(run.len(), width, 1, ", ", |p| format!("({p})"));
+                    format!(
+                        "INSERT INTO {} ({}) VALUES {placeholders}",
+                        target.table,
+                        target.columns.join(", ")
+                    )
+                });
                 let query =
-                    (run.iter().flatten()).fold(sqlx::query(&sql), |q, p| p.clone().bind_to(q));
+                    (run.iter().flatten()).fold(sqlx::query(sql), |q, p| p.clone().bind_to(q));
                 query.execute(&mut *tx).await?;
             }
         }

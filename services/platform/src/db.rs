@@ -5,7 +5,14 @@
 //! as epoch milliseconds. Each backend has its own migrations, because what the databases can
 //! enforce differs (e.g. an exclusion constraint on PostgreSQL, a trigger on SQLite).
 
-use std::{collections::HashSet, fmt, str::FromStr, sync::Arc, sync::Once, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    str::FromStr,
+    sync::Arc,
+    sync::Once,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use futures::{future::BoxFuture, stream::BoxStream, FutureExt as _, StreamExt as _};
@@ -188,7 +195,12 @@ impl Db {
                     .pragma("wal_autocheckpoint", "0")
                     // A log grown larger (by a burst, or by an earlier version) is cut back to
                     // this when it starts over.
-                    .pragma("journal_size_limit", WAL_SIZE_LIMIT);
+                    .pragma("journal_size_limit", WAL_SIZE_LIMIT)
+                    // A statement that may change many rows inside a transaction (a multi-row
+                    // insert or upsert) keeps a copy of each page it changes until it ends, so
+                    // it can be undone alone. Past 64 KiB SQLite spills that copy to a temporary
+                    // file (created, written and deleted per statement); in memory it is a copy.
+                    .pragma("temp_store", "memory");
                 let writer = SqliteWriter::open(&options)
                     .await
                     .context("opening the database's write connection")?;
@@ -715,8 +727,20 @@ pub fn power_of_two_runs<T>(mut items: &[T], max: usize) -> impl Iterator<Item =
 
 /// Placeholders `$first, …` for `count` parameters.
 pub fn params(first: usize, count: usize) -> String {
-    let list: Vec<String> = (first..first + count).map(|p| format!("${p}")).collect();
-    list.join(", ")
+    let mut out = String::with_capacity(count * 5);
+    push_params(&mut out, first, count);
+    out
+}
+
+fn push_params(out: &mut String, first: usize, count: usize) {
+    use std::fmt::Write as _;
+    for p in first..first + count {
+        if p > first {
+            out.push_str(", ");
+        }
+        // Writing into a String cannot fail.
+        let _ = write!(out, "${p}");
+    }
 }
 
 /// `count` groups of `width` parameters numbered from `$first` on, each shaped by `group` from
@@ -727,12 +751,46 @@ pub fn param_groups(
     width: usize,
     first: usize,
     separator: &str,
-    group: impl Fn(String) -> String,
+    group: impl Fn(&str) -> String,
 ) -> String {
-    let groups: Vec<String> = (0..count)
-        .map(|i| group(params(first + i * width, width)))
-        .collect();
-    groups.join(separator)
+    let mut out = String::with_capacity(count * (width * 5 + separator.len() + 2));
+    let mut placeholders = String::with_capacity(width * 5);
+    for i in 0..count {
+        if i > 0 {
+            out.push_str(separator);
+        }
+        placeholders.clear();
+        push_params(&mut placeholders, first + i * width, width);
+        out.push_str(&group(&placeholders));
+    }
+    out
+}
+
+/// Statement texts that depend only on a small key (a table, a row count), built once per key
+/// and kept for the life of the process. A multi-row statement runs for every batch, and
+/// writing it out (a placeholder per value) cost a few per cent of a consumer's CPU; its keys
+/// are few, since [`power_of_two_runs`] and [`padded_len`] keep row counts to powers of two.
+pub struct StatementTexts<K>(std::sync::LazyLock<std::sync::Mutex<HashMap<K, &'static str>>>);
+
+impl<K: std::hash::Hash + Eq> StatementTexts<K> {
+    pub const fn new() -> Self {
+        StatementTexts(std::sync::LazyLock::new(Default::default))
+    }
+
+    /// The text for `key`, written by `build` the first time.
+    pub fn get(&self, key: K, build: impl FnOnce() -> String) -> &'static str {
+        let mut texts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Kept for good: one per key, and the keys are bounded by the caller.
+        texts
+            .entry(key)
+            .or_insert_with(|| Box::leak(build().into_boxed_str()))
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Default for StatementTexts<K> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// How many rows a statement built for `n` values should have: `n` rounded up to a power of
@@ -760,13 +818,16 @@ pub async fn mark_all_processed(
     }
     // Repeats of the last id are no-ops (ON CONFLICT DO NOTHING).
     let padded = padded_len(unique.len());
-    // ($1, $2, $3), ($1, $2, $4), …: the consumer and the time once, then the ids.
-    let rows = param_groups(padded, 1, 3, ", ", |id| format!("($1, $2, {id})"));
-    let sql = format!(
-        "INSERT INTO processed_messages (consumer, processed_at, message_id) VALUES {rows} \
-         ON CONFLICT DO NOTHING RETURNING message_id"
-    );
-    let mut query = sqlx::query_scalar::<_, String>(&sql)
+    static TEXTS: StatementTexts<usize> = StatementTexts::new();
+    let sql = TEXTS.get(padded, || {
+        // ($1, $2, $3), ($1, $2, $4), …: the consumer and the time once, then the ids.
+        let rows = param_groups(padded, 1, 3, ", ", |id| format!("($1, $2, {id})"));
+        format!(
+            "INSERT INTO processed_messages (consumer, processed_at, message_id) VALUES {rows} \
+             ON CONFLICT DO NOTHING RETURNING message_id"
+        )
+    });
+    let mut query = sqlx::query_scalar::<_, String>(sql)
         .bind(consumer)
         .bind(crate::time::now_millis());
     for i in 0..padded {
@@ -880,6 +941,28 @@ mod tests {
             param_groups(2, 1, 1, " OR ", |p| format!("id = {p}")),
             "id = $1 OR id = $2"
         );
+    }
+
+    #[test]
+    fn a_statement_text_is_written_once_per_key() {
+        static TEXTS: StatementTexts<usize> = StatementTexts::new();
+        let built = std::cell::Cell::new(0);
+        let text = |rows: usize| {
+            TEXTS.get(rows, || {
+                built.set(built.get() + 1);
+                format!("VALUES {}", params(1, rows))
+            })
+        };
+        assert_eq!(text(2), "VALUES $1, $2");
+        assert_eq!(text(4), "VALUES $1, $2, $3, $4");
+        let again = text(2);
+        assert_eq!(again, "VALUES $1, $2");
+        assert_eq!(
+            built.get(),
+            2,
+            "the second request for 2 rows reuses the first text"
+        );
+        assert!(std::ptr::eq(again, text(2)));
     }
 
     #[test]

@@ -328,6 +328,31 @@ async fn committed_writes_reach_the_sqlite_file_in_the_background() {
     .await;
 }
 
+/// A multi-row statement inside a transaction keeps the pages it changes until it ends; with
+/// temporary storage in memory that copy never goes to a temporary file.
+#[tokio::test]
+async fn the_sqlite_write_connection_keeps_temporary_data_in_memory() {
+    let dbs = TestDatabases::new(TestBackend::Sqlite);
+    let db = open(&dbs).await;
+    let mut tx = db.begin().await.unwrap();
+    // 2 = MEMORY (0 = the library's default, 1 = FILE).
+    let store: i64 = sqlx::query_scalar("PRAGMA temp_store")
+        .fetch_one(&mut tx)
+        .await
+        .unwrap();
+    assert_eq!(store, 2, "temp_store on the write connection");
+    // A statement whose undo copy is far beyond SQLite's 64 KiB spill threshold still works.
+    let inserted = sqlx::query(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) \
+         INSERT INTO items (id, name, note) SELECT i, 'item ' || i, printf('%.500c', 'x') FROM n",
+    )
+    .execute(&mut tx)
+    .await
+    .unwrap();
+    assert_eq!(inserted.rows_affected(), 2000);
+    tx.commit().await.unwrap();
+}
+
 /// Frames in the SQLite log (a passive checkpoint reports them).
 async fn frames_in_log(db: &Db) -> i64 {
     sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
