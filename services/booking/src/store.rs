@@ -110,9 +110,9 @@ pub async fn insert_booking_if_free(
     b: &Booking,
     idempotency_key: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
-    static TEXT: StatementTexts<()> = StatementTexts::new();
-    let sql = TEXT.get((), || insert_if_free_sql(false));
-    let inserted = bind_booking(sqlx::query(sql), b, idempotency_key)
+    static SQL: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| insert_if_free_sql(false));
+    let inserted = bind_booking(sqlx::query(&SQL), b, idempotency_key)
         .execute(&mut *tx)
         .await?;
     Ok(inserted.rows_affected() == 1)
