@@ -20,18 +20,14 @@ use std::{
 };
 
 use futures::Stream;
-use platform::db::Db;
+use platform::db::{Backend, Db};
 use tokio::sync::{
     broadcast::{self, error::RecvError},
     watch,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    projection::BookingRow,
-    query::FeedFilter,
-    store::{self, ViewTable},
-};
+use crate::{projection::BookingRow, query::FeedFilter, store};
 
 /// Rows read per query, by the poller and by a client catching up.
 const BATCH: i64 = 500;
@@ -84,15 +80,20 @@ impl Feed {
         Ok((feed, poller))
     }
 
-    /// The changes after `last`, read on the write connection (on SQLite, no thread hop; this
-    /// runs after every commit).
+    /// The changes after `last` (this runs after every commit).
     async fn changes_after(&self, last: i64) -> Result<Vec<(i64, BookingRow)>, sqlx::Error> {
-        let mut tx = self.db.begin().await?;
-        let table = store::active_table(&mut tx).await?;
-        let changes =
-            store::changes_since(&mut tx, table, last, &FeedFilter::default(), BATCH).await?;
-        tx.commit().await?;
-        Ok(changes)
+        let all = FeedFilter::default();
+        match self.db.backend {
+            // One round trip.
+            Backend::Postgres => store::changes_since(&self.db.pool, last, &all, BATCH).await,
+            // On the write connection: no hop to a reader's thread.
+            Backend::Sqlite => {
+                let mut tx = self.db.begin().await?;
+                let changes = store::changes_since(&mut tx, last, &all, BATCH).await?;
+                tx.commit().await?;
+                Ok(changes)
+            }
+        }
     }
 
     async fn poll(
@@ -221,9 +222,7 @@ impl Subscription {
     }
 
     async fn catch_up(&mut self) -> Result<(), sqlx::Error> {
-        let table: ViewTable = store::active_table(&self.db.pool).await?;
-        let changes =
-            store::changes_since(&self.db.pool, table, self.last, &self.filter, BATCH).await?;
+        let changes = store::changes_since(&self.db.pool, self.last, &self.filter, BATCH).await?;
         self.behind = changes.len() as i64 == BATCH;
         // Filtered rows are skipped by the query; the position still moves past them.
         self.pending.extend(

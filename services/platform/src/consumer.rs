@@ -201,10 +201,10 @@ async fn process_batch<H: Handler>(
     }
     if ready.len() > 1 {
         match apply_together(db, spec, handler, &ready).await {
-            Ok(applied) => {
+            Ok((applied, committed)) => {
                 metrics::batch(spec.durable, ready.len());
                 if applied.iter().any(|a| *a) {
-                    outbox.notify();
+                    outbox.after(committed.added_to_outbox);
                 }
                 for (r, applied) in ready.iter().zip(applied) {
                     acknowledge(spec, r, applied)
@@ -301,15 +301,15 @@ async fn finish(
     outbox: &OutboxSignal,
     spec: &ConsumerSpec,
     r: &Ready,
-    result: Result<bool, HandleError>,
+    result: Result<Option<Committed>, HandleError>,
 ) {
     let delivered = r.incoming.delivered;
     match result {
-        Ok(applied) => {
-            if applied {
-                outbox.notify();
+        Ok(committed) => {
+            if let Some(c) = &committed {
+                outbox.after(c.added_to_outbox);
             }
-            acknowledge(spec, r, applied).await;
+            acknowledge(spec, r, committed.is_some()).await;
         }
         Err(HandleError::Park(reason)) => park(js, spec, &r.msg, r.stream_seq, &reason).await,
         Err(HandleError::Retry(e)) if delivered >= topology::MAX_ATTEMPTS => {
@@ -338,6 +338,11 @@ async fn acknowledge(spec: &ConsumerSpec, r: &Ready, applied: bool) {
     }
 }
 
+/// What a consumer's committed transaction did besides applying messages.
+struct Committed {
+    added_to_outbox: bool,
+}
+
 /// Applies several messages in one transaction, in order; for each, false when it had been
 /// applied before. Any failure rolls back all of them.
 async fn apply_together<H: Handler>(
@@ -345,7 +350,7 @@ async fn apply_together<H: Handler>(
     spec: &ConsumerSpec,
     handler: &H,
     ready: &[Ready],
-) -> Result<Vec<bool>, HandleError> {
+) -> Result<(Vec<bool>, Committed), HandleError> {
     let mut tx = db.begin().await?;
     let ids: Vec<String> = ready
         .iter()
@@ -362,26 +367,28 @@ async fn apply_together<H: Handler>(
         let span = tracing::info_span!("batch", consumer = spec.durable, messages = new.len());
         handler.handle_batch(&mut tx, &new).instrument(span).await?;
     }
+    let added_to_outbox = tx.adds_to_outbox();
     tx.commit().await?;
-    Ok(fresh)
+    Ok((fresh, Committed { added_to_outbox }))
 }
 
-/// Applies the message in one transaction; false when it had been applied before.
+/// Applies the message in one transaction; None when it had been applied before.
 async fn apply<H: Handler>(
     db: &Db,
     spec: &ConsumerSpec,
     handler: &H,
     incoming: &Incoming,
-) -> Result<bool, HandleError> {
+) -> Result<Option<Committed>, HandleError> {
     let mut tx = db.begin().await?;
     let message_id = incoming.envelope.message_id.to_string();
     if !db::mark_processed(&mut tx, spec.durable, &message_id).await? {
         tx.rollback().await?;
-        return Ok(false);
+        return Ok(None);
     }
     handler.handle(&mut tx, incoming).await?;
+    let added_to_outbox = tx.adds_to_outbox();
     tx.commit().await?;
-    Ok(true)
+    Ok(Some(Committed { added_to_outbox }))
 }
 
 /// Copies the message to the dead-letter stream, then terminates it. If the copy cannot be

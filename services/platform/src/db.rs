@@ -350,6 +350,8 @@ pub struct Tx {
     appends: Appends,
     /// Run once the transaction has committed (see [`Tx::on_commit`]).
     committed: Vec<Box<dyn FnOnce() + Send>>,
+    /// Whether it adds rows to the outbox (see [`Tx::adds_to_outbox`]).
+    outbox_rows: bool,
 }
 
 enum TxInner {
@@ -376,6 +378,7 @@ impl Tx {
             inner,
             appends: Appends::default(),
             committed: Vec::new(),
+            outbox_rows: false,
         }
     }
 
@@ -384,6 +387,16 @@ impl Tx {
     /// is applied again message by message, and would otherwise be counted twice).
     pub fn on_commit(&mut self, f: impl FnOnce() + Send + 'static) {
         self.committed.push(Box::new(f));
+    }
+
+    /// Whether the transaction adds rows to the outbox (through [`crate::outbox`]), so that its
+    /// commit should wake the relay.
+    pub fn adds_to_outbox(&self) -> bool {
+        self.outbox_rows
+    }
+
+    pub(crate) fn note_outbox_rows(&mut self) {
+        self.outbox_rows = true;
     }
 
     /// Appends a row (values in `target`'s column order) to a log table when the transaction

@@ -15,7 +15,7 @@ use async_nats::{
     jetstream::{self, message::PublishMessage},
 };
 use sqlx::Row as _;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -36,33 +36,56 @@ const POLL: Duration = Duration::from_millis(500);
 /// repeated command may still need to announce again (see [`reannounce_latest`]).
 pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Told after every commit that wrote to the outbox or applied messages: wakes the relay, and
-/// anything else in the process that follows the database (e.g. a live feed) through
-/// [`OutboxSignal::commits`].
+/// Told after each commit: wakes the relay when the commit added rows to the outbox, and
+/// anything else in the process that follows the database (e.g. a live feed) after every one.
+/// A commit that added nothing to the outbox leaves the relay asleep: on SQLite its look at
+/// an empty outbox would take the write connection from the next writer.
 #[derive(Clone, Debug)]
 pub struct OutboxSignal {
-    relay: Arc<Notify>,
+    /// Bumped after each commit that added outbox rows.
+    rows: Arc<watch::Sender<u64>>,
+    /// Bumped after every commit.
     commits: Arc<watch::Sender<u64>>,
 }
 
 impl Default for OutboxSignal {
     fn default() -> Self {
         OutboxSignal {
-            relay: Arc::default(),
+            rows: Arc::new(watch::channel(0).0),
             commits: Arc::new(watch::channel(0).0),
         }
     }
 }
 
 impl OutboxSignal {
+    /// After a commit that added rows to the outbox.
     pub fn notify(&self) {
-        self.relay.notify_one();
+        self.rows.send_modify(|n| *n = n.wrapping_add(1));
+        self.committed();
+    }
+
+    /// After a commit that changed the database but added nothing to the outbox.
+    pub fn committed(&self) {
         self.commits.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// After a commit of `tx`'s work, as it says (see [`Tx::adds_to_outbox`]).
+    pub fn after(&self, added_to_outbox: bool) {
+        if added_to_outbox {
+            self.notify();
+        } else {
+            self.committed();
+        }
     }
 
     /// Changes after each commit this process reports.
     pub fn commits(&self) -> watch::Receiver<u64> {
         self.commits.subscribe()
+    }
+
+    /// Changes after each commit this process reports as having added outbox rows.
+    pub fn outbox_rows(&self) -> watch::Receiver<u64> {
+        self.rows.subscribe()
     }
 }
 
@@ -87,6 +110,9 @@ pub fn enqueue(tx: &mut Tx, env: &Envelope, trace: &TraceParent) {
 
 /// Adds `envs`, in order, to the outbox inside the caller's transaction.
 pub fn enqueue_all(tx: &mut Tx, envs: &[Envelope], trace: &TraceParent) {
+    if !envs.is_empty() {
+        tx.note_outbox_rows();
+    }
     for env in envs {
         tx.append(OUTBOX, row(env, trace));
     }
@@ -129,7 +155,11 @@ pub async fn reannounce_latest(tx: &mut Tx, booking_id: uuid::Uuid) -> Result<bo
     .bind(now.to_string())
     .execute(&mut *tx)
     .await?;
-    Ok(done.rows_affected() == 1)
+    let added = done.rows_affected() == 1;
+    if added {
+        tx.note_outbox_rows();
+    }
+    Ok(added)
 }
 
 /// Rows still waiting to be published (for readiness details and metrics).
@@ -157,6 +187,7 @@ pub async fn relay(
     signal: OutboxSignal,
     cancel: CancellationToken,
 ) {
+    let mut rows = signal.outbox_rows();
     let mut failures = 0u32;
     loop {
         match relay_batch(service, &db, &js).await {
@@ -167,7 +198,8 @@ pub async fn relay(
                 metrics::outbox_backlog(service, 0);
                 tokio::select! {
                     () = cancel.cancelled() => return,
-                    () = signal.relay.notified() => {}
+                    // The sender lives in `signal`, so this cannot end while the relay runs.
+                    _ = rows.changed() => {}
                     () = tokio::time::sleep(POLL) => {}
                 }
             }

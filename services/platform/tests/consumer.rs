@@ -10,7 +10,7 @@ use roombook_platform::{
     consumer::{self, HandleError, Handler, Incoming},
     contract::{Body, BookingConfirmed, Envelope},
     db::{Db, Migrations, Tx},
-    outbox::OutboxSignal,
+    outbox::{self, OutboxSignal},
     testkit::{eventually, NatsServer},
     topology::{self, ConsumerSpec},
 };
@@ -280,6 +280,87 @@ async fn an_earlier_single_event_stream_and_filtered_consumer_are_moved_and_read
         });
         assert!(skipped.is_some_and(|l| l.ends_with(" 1")), "{metrics}");
     }
+
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+/// Puts even versions in the outbox (as a participant announcing what it did) and records
+/// odd ones only in its own table.
+struct EvenAnnouncer;
+
+impl Handler for EvenAnnouncer {
+    async fn handle(&self, tx: &mut Tx, msg: &Incoming) -> Result<(), HandleError> {
+        let version = msg.envelope.version;
+        sqlx::query("INSERT INTO applied (version) VALUES ($1)")
+            .bind(i64::try_from(version).unwrap())
+            .execute(&mut *tx)
+            .await?;
+        if version.is_multiple_of(2) {
+            outbox::enqueue(tx, &msg.envelope, &msg.trace);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn only_a_commit_that_adds_to_the_outbox_wakes_the_relay() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (db, js) = connect(&dir, &nats).await;
+    let signal = OutboxSignal::default();
+    let (mut commits, mut rows) = (signal.commits(), signal.outbox_rows());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(consumer::run(
+        db.clone(),
+        js.clone(),
+        signal.clone(),
+        ConsumerSpec::bookinglist(),
+        Arc::new(EvenAnnouncer),
+        cancel.clone(),
+    ));
+    let booking = Uuid::new_v4();
+    let publish = |version: u64| {
+        let js = js.clone();
+        async move {
+            let env = Envelope::new(
+                booking,
+                booking,
+                version,
+                Body::BookingConfirmed(BookingConfirmed {}),
+            );
+            js.publish(topology::subject_for(&env), env.to_json().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+
+    // Applied, so the feed is told; nothing for the relay to publish, so it is not woken.
+    publish(1).await;
+    tokio::time::timeout(WAIT, commits.changed())
+        .await
+        .expect("the commit reported")
+        .unwrap();
+    assert_eq!(applied(&db).await, [1]);
+    assert!(
+        !rows.has_changed().unwrap(),
+        "the relay was woken for nothing"
+    );
+
+    publish(2).await;
+    tokio::time::timeout(WAIT, rows.changed())
+        .await
+        .expect("the relay woken")
+        .unwrap();
+    assert!(commits.has_changed().unwrap());
+    assert_eq!(applied(&db).await, [1, 2]);
+    let queued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(queued, 1);
 
     cancel.cancel();
     task.await.unwrap();
