@@ -27,7 +27,11 @@ use tokio::sync::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{projection::BookingRow, query::FeedFilter, store};
+use crate::{
+    projection::BookingRow,
+    query::FeedFilter,
+    store::{self, ViewTable},
+};
 
 /// Rows read per query, by the poller and by a client catching up.
 const BATCH: i64 = 500;
@@ -80,16 +84,34 @@ impl Feed {
         Ok((feed, poller))
     }
 
-    /// The changes after `last` (this runs after every commit).
-    async fn changes_after(&self, last: i64) -> Result<Vec<(i64, BookingRow)>, sqlx::Error> {
+    /// The changes after `last` in `table`, the active table as the poller last read it (read
+    /// now if None). It runs after every commit, so it reads one statement's worth; the poller
+    /// forgets the table at each timer tick, so a rebuild swapped in by any replica is followed
+    /// within one poll interval.
+    async fn changes_after(
+        &self,
+        last: i64,
+        table: &mut Option<ViewTable>,
+    ) -> Result<Vec<(i64, BookingRow)>, sqlx::Error> {
         let all = FeedFilter::default();
         match self.db.backend {
-            // One round trip.
-            Backend::Postgres => store::changes_since(&self.db.pool, last, &all, BATCH).await,
-            // On the write connection: no hop to a reader's thread.
+            // One round trip, with no transaction around it.
+            Backend::Postgres => {
+                let active = match *table {
+                    Some(t) => t,
+                    None => *table.insert(store::active_table(&self.db.pool).await?),
+                };
+                store::changes_since(&self.db.pool, active, last, &all, BATCH).await
+            }
+            // On the write connection, where statements are calls, not a hop to a reader's
+            // thread.
             Backend::Sqlite => {
                 let mut tx = self.db.begin().await?;
-                let changes = store::changes_since(&mut tx, last, &all, BATCH).await?;
+                let active = match *table {
+                    Some(t) => t,
+                    None => *table.insert(store::active_table(&mut tx).await?),
+                };
+                let changes = store::changes_since(&mut tx, active, last, &all, BATCH).await?;
                 tx.commit().await?;
                 Ok(changes)
             }
@@ -103,26 +125,28 @@ impl Feed {
         cancel: CancellationToken,
     ) {
         let mut last = self.position.load(Ordering::SeqCst);
+        let mut table = None;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
-                () = tokio::time::sleep(every) => {}
+                () = tokio::time::sleep(every) => table = None,
                 changed = commits.changed() => {
                     if changed.is_err() {
                         // The signal is gone with the service; the timer still works.
                         tokio::select! {
                             () = cancel.cancelled() => return,
-                            () = tokio::time::sleep(every) => {}
+                            () = tokio::time::sleep(every) => table = None,
                         }
                     }
                 }
             }
             loop {
-                let changes = self.changes_after(last).await;
+                let changes = self.changes_after(last, &mut table).await;
                 let changes = match changes {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(error = %e, "live feed cannot read changes");
+                        table = None;
                         break;
                     }
                 };
@@ -222,7 +246,9 @@ impl Subscription {
     }
 
     async fn catch_up(&mut self) -> Result<(), sqlx::Error> {
-        let changes = store::changes_since(&self.db.pool, self.last, &self.filter, BATCH).await?;
+        let table: ViewTable = store::active_table(&self.db.pool).await?;
+        let changes =
+            store::changes_since(&self.db.pool, table, self.last, &self.filter, BATCH).await?;
         self.behind = changes.len() as i64 == BATCH;
         // Filtered rows are skipped by the query; the position still moves past them.
         self.pending.extend(

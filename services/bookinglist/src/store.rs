@@ -479,48 +479,34 @@ pub async fn all<'c, E: Executor<'c, Database = Any>>(
     .collect()
 }
 
-/// Rows of the active table changed after change number `after`, oldest change first, with
-/// their change numbers. One statement: which table is active is read inside it, so a rebuild
-/// swapped in meanwhile cannot split the two, and on PostgreSQL it is one round trip with no
-/// transaction around it.
+/// Rows changed after change number `after`, oldest change first, with their change numbers.
 pub async fn changes_since<'c, E: Executor<'c, Database = Any>>(
     db: E,
+    table: ViewTable,
     after: i64,
     filter: &FeedFilter,
     limit: i64,
 ) -> Result<Vec<(i64, BookingRow)>, sqlx::Error> {
     let mut args = vec![Arg::Int(after)];
-    let mut terms = String::new();
+    let mut sql = format!(
+        "SELECT {COLUMNS} FROM {} WHERE change_seq > $1",
+        table.name()
+    );
     if let Some(u) = &filter.user {
         args.push(Arg::Text(u.clone()));
-        terms.push_str(&format!(" AND booking_user_id = ${}", args.len()));
+        sql.push_str(&format!(" AND booking_user_id = ${}", args.len()));
     }
     if let Some(r) = filter.room {
         args.push(Arg::Int(r));
-        terms.push_str(&format!(" AND room_id = ${}", args.len()));
+        sql.push_str(&format!(" AND room_id = ${}", args.len()));
     }
     if !filter.saga_states.is_empty() {
         let first = args.len() + 1;
         args.extend(filter.saga_states.iter().map(|s| Arg::Text(s.to_string())));
         let placeholders: Vec<String> = (first..=args.len()).map(|i| format!("${i}")).collect();
-        terms.push_str(&format!(" AND saga_state IN ({})", placeholders.join(", ")));
+        sql.push_str(&format!(" AND saga_state IN ({})", placeholders.join(", ")));
     }
-    // Both tables, each read only if it is the active one (the parameters are shared), and
-    // each in change order up to the limit, so a reader far behind reads `limit` rows, not all
-    // those after its position.
-    let branch = |table: ViewTable| {
-        format!(
-            "SELECT {COLUMNS} FROM (SELECT {COLUMNS} FROM {table} WHERE change_seq > $1{terms} \
-             AND (SELECT active_table FROM booking_list_meta WHERE id = 1) = '{table}' \
-             ORDER BY change_seq LIMIT {limit}) AS {table}",
-            table = table.name()
-        )
-    };
-    let sql = format!(
-        "{} UNION ALL {} ORDER BY change_seq LIMIT {limit}",
-        branch(ViewTable::A),
-        branch(ViewTable::B)
-    );
+    sql.push_str(&format!(" ORDER BY change_seq LIMIT {limit}"));
     bind_all(sqlx::query(&sql), &args)
         .fetch_all(db)
         .await?

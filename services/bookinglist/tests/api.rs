@@ -740,6 +740,8 @@ async fn a_rebuild_replays_the_stream_into_the_same_rows_and_swaps_them_in() {
     app.wait_caught_up().await;
     let live = app.all_rows().await;
     assert_eq!(live.len(), 2);
+    let mut feed = SseClient::open(&app, "/bookingLists/stream", Caller::Admin, None).await;
+    assert_eq!(feed.next().await.event, "ready");
 
     let (status, started) = app
         .call(Method::POST, "/bookingLists/rebuild", Caller::Admin)
@@ -758,6 +760,22 @@ async fn a_rebuild_replays_the_stream_into_the_same_rows_and_swaps_them_in() {
     assert_eq!(done["replayedSequence"], 9);
     assert_eq!(done["events"], 8, "the unknown message is skipped");
     assert_eq!(app.all_rows().await, live);
+
+    // The live feed follows the swap: a booking made after it is in the new table only.
+    let later = Booking::new("carol", 103, 19);
+    app.publish(&later.created()).await;
+    let change = tokio::time::timeout(WAIT, async {
+        loop {
+            let change = feed.next().await;
+            if change.data["bookingId"] == json!(later.id) {
+                break change;
+            }
+        }
+    })
+    .await
+    .expect("the feed sends the booking made after the swap");
+    assert_eq!(change.data["bookingStatus"], "BOOKED");
+    let live = app.all_rows().await;
 
     // And again, into the first table, emptied first.
     let (status, _) = app
