@@ -2,7 +2,7 @@
 //! run the state machine, save it (guarded by its revision), record the timeline and put the
 //! resulting commands and saga events in the outbox — all committed together.
 
-use std::{collections::HashSet, sync::Arc};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use platform::{
@@ -29,28 +29,41 @@ pub struct SagaHandler {
 impl Handler for SagaHandler {
     async fn handle(&self, tx: &mut Tx, msg: &Incoming) -> Result<(), HandleError> {
         let stored = store::load(&mut *tx, msg.envelope.booking_id).await?;
-        self.apply(tx, msg, stored).await
+        self.apply(tx, msg, stored, Saving::Now).await
     }
 
-    /// Reads the sagas of the whole batch in one statement. A booking's later messages in the
-    /// batch read its saga again, since the earlier one has just changed it.
+    /// Reads the sagas of the whole batch in one statement and writes them back together at
+    /// its end (one insert for new sagas, one update for the rest). A booking's later messages
+    /// in the batch see its saga as the earlier ones left it.
     async fn handle_batch(&self, tx: &mut Tx, msgs: &[&Incoming]) -> Result<(), HandleError> {
         let mut bookings: Vec<Uuid> = msgs.iter().map(|m| m.envelope.booking_id).collect();
         bookings.sort();
         bookings.dedup();
         let mut loaded = store::load_many(tx, &bookings).await?;
-        let mut seen = HashSet::with_capacity(bookings.len());
+        let mut saves = store::HeldSaves::default();
         for msg in msgs {
             let booking = msg.envelope.booking_id;
-            let stored = if seen.insert(booking) {
-                loaded.remove(&booking)
-            } else {
-                store::load(&mut *tx, booking).await?
-            };
-            self.apply(tx, msg, stored).instrument(msg.span()).await?;
+            let stored = saves.latest(booking).or_else(|| loaded.remove(&booking));
+            self.apply(tx, msg, stored, Saving::Held(&mut saves))
+                .instrument(msg.span())
+                .await?;
         }
-        Ok(())
+        if saves.write(tx).await? {
+            Ok(())
+        } else {
+            Err(changed_concurrently("a saga of the batch"))
+        }
     }
+}
+
+/// When [`persist`] writes the saga: at once, or with the rest of a consumer batch.
+enum Saving<'a> {
+    Now,
+    Held(&'a mut store::HeldSaves),
+}
+
+fn changed_concurrently(what: impl std::fmt::Display) -> HandleError {
+    HandleError::Retry(anyhow::anyhow!("{what} changed concurrently"))
 }
 
 impl SagaHandler {
@@ -60,6 +73,7 @@ impl SagaHandler {
         tx: &mut Tx,
         msg: &Incoming,
         stored: Option<StoredSaga>,
+        saving: Saving<'_>,
     ) -> Result<(), HandleError> {
         let env = &msg.envelope;
         let cause = |state: SagaState, note: Option<String>| Step {
@@ -77,16 +91,12 @@ impl SagaHandler {
                     now: self.clock.now(),
                     policy: &self.policy,
                 };
-                persist(
-                    tx,
-                    stored.as_ref(),
-                    transition,
-                    step,
-                    env.correlation_id,
-                    &msg.trace,
+                let output = Output {
+                    correlation_id: env.correlation_id,
+                    trace: &msg.trace,
                     when,
-                )
-                .await
+                };
+                record(tx, stored.as_ref(), transition, step, output, saving).await
             }
             Err(ignored) => {
                 tracing::info!(reason = %ignored, "message ignored by the saga");
@@ -118,6 +128,35 @@ pub async fn persist(
     trace: &TraceParent,
     when: Schedule<'_>,
 ) -> Result<(), HandleError> {
+    let output = Output {
+        correlation_id,
+        trace,
+        when,
+    };
+    record(tx, stored, transition, cause, output, Saving::Now).await
+}
+
+/// What the messages a transition sends carry, and when it happened.
+struct Output<'a> {
+    correlation_id: Uuid,
+    trace: &'a TraceParent,
+    when: Schedule<'a>,
+}
+
+/// [`persist`], with the saga written as `saving` says.
+async fn record(
+    tx: &mut Tx,
+    stored: Option<&StoredSaga>,
+    transition: Transition,
+    cause: Step,
+    output: Output<'_>,
+    saving: Saving<'_>,
+) -> Result<(), HandleError> {
+    let Output {
+        correlation_id,
+        trace,
+        when,
+    } = output;
     let mut saga = transition.saga;
     let before = stored.map(|s| s.saga.state);
     let mut outputs = Vec::with_capacity(transition.outputs.len());
@@ -136,11 +175,16 @@ pub async fn persist(
         (Some(_), false) => stored.and_then(|s| s.next_retry_at),
         _ => None,
     };
-    if !store::save(tx, &saga, stored.map(|s| s.revision), next_retry_at).await? {
-        return Err(HandleError::Retry(anyhow::anyhow!(
-            "saga {} changed concurrently",
-            saga.booking_id
-        )));
+    match saving {
+        Saving::Now => {
+            if !store::save(tx, &saga, stored, next_retry_at).await? {
+                return Err(changed_concurrently(format_args!(
+                    "saga {}",
+                    saga.booking_id
+                )));
+            }
+        }
+        Saving::Held(saves) => saves.hold(&saga, stored, next_retry_at),
     }
     outbox::enqueue_all(tx, &outputs, trace);
     let mut steps = Vec::with_capacity(1 + outputs.len());
@@ -178,15 +222,16 @@ pub async fn persist(
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone as _;
-    use platform::{clock::ManualClock, contract::*, db::Db, trace::TraceParent};
+    use platform::{
+        clock::ManualClock,
+        contract::*,
+        db::Db,
+        testkit::{TestBackend, TestDatabases},
+        trace::TraceParent,
+    };
     use sqlx::Row as _;
 
     use super::*;
-
-    async fn database(dir: &tempfile::TempDir, name: &str) -> Db {
-        let url = format!("sqlite://{}", dir.path().join(name).display());
-        Db::connect(&url, crate::migrations()).await.unwrap()
-    }
 
     fn incoming(env: Envelope) -> Incoming {
         Incoming {
@@ -261,13 +306,39 @@ mod tests {
         (saga, timeline, outbox)
     }
 
-    #[tokio::test]
-    async fn a_batch_moves_each_saga_as_its_messages_one_at_a_time_do() {
-        let dir = tempfile::tempdir().unwrap();
-        let (one_by_one, batched) = (
-            database(&dir, "one.db").await,
-            database(&dir, "batch.db").await,
-        );
+    /// Applies `messages` one at a time, each in its own transaction.
+    async fn one_at_a_time(handler: &SagaHandler, db: &Db, messages: &[Incoming]) {
+        for msg in messages {
+            let mut tx = db.begin().await.unwrap();
+            handler.handle(&mut tx, msg).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    }
+
+    /// Applies `messages` as one consumer batch.
+    async fn as_a_batch(
+        handler: &SagaHandler,
+        db: &Db,
+        messages: &[Incoming],
+    ) -> Result<(), HandleError> {
+        let mut tx = db.begin().await.unwrap();
+        let refs: Vec<&Incoming> = messages.iter().collect();
+        handler.handle_batch(&mut tx, &refs).await?;
+        tx.commit().await.unwrap();
+        Ok(())
+    }
+
+    async fn a_batch_moves_each_saga_as_its_messages_one_at_a_time_do(backend: TestBackend) {
+        let dbs = TestDatabases::new(backend);
+        let connect = |name: &'static str| {
+            let dbs = &dbs;
+            async move {
+                Db::connect(&dbs.create(name).await, crate::migrations())
+                    .await
+                    .unwrap()
+            }
+        };
+        let (one_by_one, batched) = (connect("one").await, connect("batch").await);
         let clock = ManualClock::starting_at(Utc.with_ymd_and_hms(2030, 5, 1, 7, 0, 0).unwrap());
         let handler = SagaHandler {
             policy: Policy::default(),
@@ -276,32 +347,112 @@ mod tests {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let (path_a, path_b) = (approved_path(a), approved_path(b));
         // Interleaved; all four of a's messages and the first two of b's in one batch, so a
-        // booking's later messages build on what its earlier ones did within the batch.
-        let messages: Vec<Incoming> = [
-            &path_a[0], &path_b[0], &path_a[1], &path_a[2], &path_b[1], &path_a[3],
+        // booking's later messages build on what its earlier ones did within the batch; then
+        // the rest of b's, which finds its saga stored.
+        let batches: Vec<Vec<Incoming>> = vec![
+            vec![
+                &path_a[0], &path_b[0], &path_a[1], &path_a[2], &path_b[1], &path_a[3],
+            ],
+            vec![&path_b[2], &path_b[3]],
         ]
         .into_iter()
-        .map(|e| incoming(e.clone()))
+        .map(|batch| batch.into_iter().map(|e| incoming(e.clone())).collect())
         .collect();
 
-        for msg in &messages {
-            let mut tx = one_by_one.begin().await.unwrap();
-            handler.handle(&mut tx, msg).await.unwrap();
-            tx.commit().await.unwrap();
+        for batch in &batches {
+            one_at_a_time(&handler, &one_by_one, batch).await;
+            as_a_batch(&handler, &batched, batch).await.unwrap();
         }
-        let mut tx = batched.begin().await.unwrap();
-        let refs: Vec<&Incoming> = messages.iter().collect();
-        handler.handle_batch(&mut tx, &refs).await.unwrap();
-        tx.commit().await.unwrap();
 
         for booking in [a, b] {
             let expected = outcome(&one_by_one, booking).await;
             assert_eq!(outcome(&batched, booking).await, expected);
+            assert_eq!(expected.0.state, SagaState::Completed);
         }
-        assert_eq!(
-            outcome(&batched, a).await.0.state,
-            SagaState::Completed,
-            "a's whole path in one batch"
-        );
+        // Each saga written once per batch it had messages in.
+        let revisions: Vec<i64> = sqlx::query_scalar(
+            "SELECT revision FROM sagas WHERE booking_id IN ($1, $2) ORDER BY booking_id = $2",
+        )
+        .bind(a.to_string())
+        .bind(b.to_string())
+        .fetch_all(&batched.pool)
+        .await
+        .unwrap();
+        assert_eq!(revisions, [1, 2]);
     }
+
+    async fn held_saves_lose_to_a_write_made_since_their_sagas_were_read(backend: TestBackend) {
+        let dbs = TestDatabases::new(backend);
+        let db = Db::connect(&dbs.create("sagas").await, crate::migrations())
+            .await
+            .unwrap();
+        let handler = SagaHandler {
+            policy: Policy::default(),
+            clock: Arc::new(ManualClock::starting_at(
+                Utc.with_ymd_and_hms(2030, 5, 1, 7, 0, 0).unwrap(),
+            )),
+        };
+        let a = Uuid::new_v4();
+        one_at_a_time(&handler, &db, &[incoming(approved_path(a)[0].clone())]).await;
+        let before = outcome(&db, a).await;
+
+        let mut tx = db.begin().await.unwrap();
+        let stored = store::load(&mut tx, a).await.unwrap().unwrap();
+        let mut moved = stored.saga.clone();
+        moved.version += 1;
+        // Someone else writes the saga after the batch read it.
+        sqlx::query("UPDATE sagas SET revision = revision + 1 WHERE booking_id = $1")
+            .bind(a.to_string())
+            .execute(&mut tx)
+            .await
+            .unwrap();
+        let mut saves = store::HeldSaves::default();
+        saves.hold(&moved, Some(&stored), None);
+        assert!(
+            !saves.write(&mut tx).await.unwrap(),
+            "an update of a stale read"
+        );
+        // Nor may a saga held as new replace one that exists.
+        let mut saves = store::HeldSaves::default();
+        saves.hold(&moved, None, None);
+        assert!(
+            !saves.write(&mut tx).await.unwrap(),
+            "an insert over a saga"
+        );
+        tx.rollback().await.unwrap();
+        assert_eq!(outcome(&db, a).await, before);
+
+        // Read now, the same save goes through.
+        let mut tx = db.begin().await.unwrap();
+        let stored = store::load(&mut tx, a).await.unwrap().unwrap();
+        let mut saves = store::HeldSaves::default();
+        saves.hold(&moved, Some(&stored), None);
+        assert!(saves.write(&mut tx).await.unwrap());
+        tx.commit().await.unwrap();
+        let after = store::load(&db.pool, a).await.unwrap().unwrap();
+        assert_eq!(after.saga.version, moved.version);
+        assert_eq!(after.revision, stored.revision + 1);
+    }
+
+    macro_rules! on_both_backends {
+        ($($name:ident),* $(,)?) => {
+            mod sqlite {
+                $(#[tokio::test]
+                async fn $name() {
+                    super::$name(platform::testkit::TestBackend::Sqlite).await;
+                })*
+            }
+            mod postgres {
+                $(#[tokio::test]
+                async fn $name() {
+                    super::$name(platform::testkit::TestBackend::Postgres).await;
+                })*
+            }
+        };
+    }
+
+    on_both_backends!(
+        a_batch_moves_each_saga_as_its_messages_one_at_a_time_do,
+        held_saves_lose_to_a_write_made_since_their_sagas_were_read,
+    );
 }

@@ -1,6 +1,6 @@
 //! Persistence of sagas and their timelines (same SQL on SQLite and PostgreSQL).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use platform::{
@@ -9,7 +9,10 @@ use platform::{
     time::{from_millis, now_millis, to_millis},
 };
 use serde::Serialize;
-use sqlx::{any::AnyRow, Any, Executor, Row as _};
+use sqlx::{
+    any::{AnyArguments, AnyRow},
+    Any, Executor, Row as _,
+};
 use uuid::Uuid;
 
 use crate::saga::{BookingInfo, Saga, SagaState};
@@ -153,86 +156,224 @@ pub async fn find(db: &Db, id: Uuid) -> Result<Option<StoredSaga>, sqlx::Error> 
     .transpose()
 }
 
-/// Inserts a new saga or updates an existing one if it is still at `previous_revision`.
-/// Returns false when another writer got there first (the caller retries the message).
+/// Inserts a new saga (`previous` None) or updates the one read as `previous` if it is still at
+/// that revision. Returns false when another writer got there first (the caller retries the
+/// message).
 pub async fn save(
     tx: &mut Tx,
     saga: &Saga,
-    previous_revision: Option<i64>,
+    previous: Option<&StoredSaga>,
     next_retry_at: Option<DateTime<Utc>>,
 ) -> Result<bool, sqlx::Error> {
-    let pending = saga
-        .pending
-        .as_ref()
-        .map(|b| serde_json::to_string(b).expect("a message body always serialises"));
-    let now = now_millis();
-    let settled = saga.state.is_settled().then_some(now);
-    let info = saga.booking.as_ref();
-    let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    let done = match previous_revision {
-        None => {
-            sqlx::query(&format!(
-                "INSERT INTO sagas ({COLUMNS}) VALUES \
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $14, $15, $16, $17, \
-                  $18, $19, $20, $21, $22) \
-                 ON CONFLICT DO NOTHING"
-            ))
-            .bind(saga.booking_id.to_string())
-            .bind(saga.saga_id.to_string())
-            .bind(saga.state.as_str())
-            .bind(i64::from(saga.booking_cancelled))
+    let mut saves = HeldSaves::default();
+    saves.hold(saga, previous, next_retry_at);
+    saves.write(tx).await
+}
+
+/// Saga saves held back until the end of a consumer batch, then written together
+/// ([`HeldSaves::write`]; [`save`] is a batch of one): each saga once, in its latest state, guarded by the revision it was
+/// read at.
+#[derive(Default)]
+pub struct HeldSaves {
+    sagas: HashMap<Uuid, Held>,
+}
+
+struct Held {
+    /// The saga's latest state; `revision` is the one it was read at (0 for a new saga).
+    stored: StoredSaga,
+    new: bool,
+}
+
+impl HeldSaves {
+    /// The saga of `booking_id` as a held save left it.
+    pub fn latest(&self, booking_id: Uuid) -> Option<StoredSaga> {
+        self.sagas.get(&booking_id).map(|h| h.stored.clone())
+    }
+
+    /// Holds `saga`, read as `previous` (None: new), to be written by [`HeldSaves::write`].
+    pub fn hold(
+        &mut self,
+        saga: &Saga,
+        previous: Option<&StoredSaga>,
+        next_retry_at: Option<DateTime<Utc>>,
+    ) {
+        let now = from_millis(now_millis());
+        // Stamped whenever it is saved settled.
+        let settled = |p: Option<&StoredSaga>| {
+            saga.state
+                .is_settled()
+                .then_some(now)
+                .or_else(|| p.and_then(|p| p.settled_at))
+        };
+        match self.sagas.get_mut(&saga.booking_id) {
+            Some(held) => {
+                held.stored.settled_at = settled(Some(&held.stored));
+                held.stored.saga = saga.clone();
+                held.stored.next_retry_at = next_retry_at;
+                held.stored.updated_at = now;
+            }
+            None => {
+                let held = Held {
+                    stored: StoredSaga {
+                        saga: saga.clone(),
+                        revision: previous.map_or(0, |p| p.revision),
+                        next_retry_at,
+                        created_at: previous.map_or(now, |p| p.created_at),
+                        updated_at: now,
+                        settled_at: settled(previous),
+                    },
+                    new: previous.is_none(),
+                };
+                self.sagas.insert(saga.booking_id, held);
+            }
+        }
+    }
+
+    /// Writes the held sagas: new ones in one insert, the others in one update. False when
+    /// one of them was written by someone else since it was read (nothing is lost: the
+    /// caller's transaction is rolled back and the batch retried).
+    pub async fn write(self, tx: &mut Tx) -> Result<bool, sqlx::Error> {
+        let (new, changed): (Vec<Held>, Vec<Held>) = self.sagas.into_values().partition(|h| h.new);
+        Ok(insert_all(tx, &new).await? && update_all(tx, &changed).await?)
+    }
+}
+
+/// Inserts `sagas` (none may exist yet); false if one did.
+async fn insert_all(tx: &mut Tx, sagas: &[Held]) -> Result<bool, sqlx::Error> {
+    let Some(last) = sagas.last() else {
+        return Ok(true);
+    };
+    // Repeats of the last saga insert nothing more.
+    let padded = platform::db::padded_len(sagas.len());
+    static TEXTS: platform::db::StatementTexts<usize> = platform::db::StatementTexts::new();
+    let sql = TEXTS.get(padded, || {
+        let width = INSERTED_FIRST.len() + CHANGING.len();
+        let values = platform::db::param_groups(padded, width, 1, ", ", |p| format!("({p})"));
+        format!(
+            "INSERT INTO sagas ({}, {}) VALUES {values} ON CONFLICT DO NOTHING \
+             RETURNING booking_id",
+            INSERTED_FIRST.join(", "),
+            CHANGING.join(", ")
+        )
+    });
+    let mut query = sqlx::query_scalar::<_, String>(sql);
+    for i in 0..padded {
+        let s = &sagas.get(i).unwrap_or(last).stored;
+        let info = s.saga.booking.as_ref();
+        query = query
+            .bind(s.saga.booking_id.to_string())
+            .bind(s.saga.saga_id.to_string())
             .bind(info.map(|b| b.room_id))
             .bind(info.map(|b| b.booking_user_id.clone()))
             .bind(info.map(|b| to_millis(b.use_start_dtm)))
             .bind(info.map(|b| to_millis(b.use_end_dtm)))
-            .bind(saga.confirm_id.map(|c| c.to_string()))
-            .bind(&saga.outcome)
-            .bind(to_i64(saga.booking_version))
-            .bind(to_i64(saga.confirm_version))
-            .bind(to_i64(saga.version))
-            .bind(now)
-            .bind(settled)
-            .bind(saga.approval_deadline.map(to_millis))
-            .bind(i64::from(saga.expiry_requested))
-            .bind(&pending)
-            .bind(i64::from(saga.attempts))
-            .bind(next_retry_at.map(to_millis))
-            .bind(i64::from(saga.stuck))
-            .bind(saga.announced.map(SagaState::as_str))
-            .execute(&mut *tx)
-            .await?
-        }
-        Some(revision) => {
-            sqlx::query(
-                "UPDATE sagas SET state = $1, booking_cancelled = $2, confirm_id = $3, outcome = $4, \
-                 booking_version = $5, confirm_version = $6, version = $7, revision = revision + 1, \
-                 updated_at = $8, settled_at = COALESCE($9, settled_at), expiry_requested = $12, \
-                 pending_command = $13, attempts = $14, next_retry_ms = $15, stuck = $16, \
-                 announced_state = $17 \
-                 WHERE booking_id = $10 AND revision = $11",
-            )
-            .bind(saga.state.as_str())
-            .bind(i64::from(saga.booking_cancelled))
-            .bind(saga.confirm_id.map(|c| c.to_string()))
-            .bind(&saga.outcome)
-            .bind(to_i64(saga.booking_version))
-            .bind(to_i64(saga.confirm_version))
-            .bind(to_i64(saga.version))
-            .bind(now)
-            .bind(settled)
-            .bind(saga.booking_id.to_string())
-            .bind(revision)
-            .bind(i64::from(saga.expiry_requested))
-            .bind(&pending)
-            .bind(i64::from(saga.attempts))
-            .bind(next_retry_at.map(to_millis))
-            .bind(i64::from(saga.stuck))
-            .bind(saga.announced.map(SagaState::as_str))
-            .execute(&mut *tx)
-            .await?
-        }
+            .bind(s.saga.approval_deadline.map(to_millis))
+            .bind(1_i64)
+            .bind(to_millis(s.created_at))
+            .bind(to_millis(s.updated_at));
+        query = bind_changing(query, s);
+    }
+    let inserted: HashSet<String> = query.fetch_all(&mut *tx).await?.into_iter().collect();
+    Ok(inserted.len() == sagas.len())
+}
+
+/// The columns only an insert writes, in [`insert_all`]'s order; [`CHANGING`] follows them.
+const INSERTED_FIRST: [&str; 10] = [
+    "booking_id",
+    "saga_id",
+    "room_id",
+    "booking_user_id",
+    "start_ms",
+    "end_ms",
+    "deadline_ms",
+    "revision",
+    "created_at",
+    "updated_at",
+];
+
+/// The columns every save writes, in the order [`bind_changing`] binds them.
+const CHANGING: [&str; 14] = [
+    "state",
+    "booking_cancelled",
+    "confirm_id",
+    "outcome",
+    "booking_version",
+    "confirm_version",
+    "version",
+    "settled_at",
+    "expiry_requested",
+    "pending_command",
+    "attempts",
+    "next_retry_ms",
+    "stuck",
+    "announced_state",
+];
+
+/// Updates `sagas`, each only if still at the revision it was read at; false if one was not.
+async fn update_all(tx: &mut Tx, sagas: &[Held]) -> Result<bool, sqlx::Error> {
+    let Some(last) = sagas.last() else {
+        return Ok(true);
     };
-    Ok(done.rows_affected() == 1)
+    // Repeats of the last saga change nothing more.
+    let padded = platform::db::padded_len(sagas.len());
+    static TEXTS: platform::db::StatementTexts<usize> = platform::db::StatementTexts::new();
+    let sql = TEXTS.get(padded, || {
+        let values =
+            platform::db::param_groups(padded, 2 + CHANGING.len(), 2, ", ", |p| format!("({p})"));
+        // VALUES names its columns column1, column2, … on both databases.
+        let sets = CHANGING
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c} = saved.column{}", i + 3))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "UPDATE sagas SET {sets}, revision = revision + 1, updated_at = $1 \
+             FROM (VALUES {values}) AS saved \
+             WHERE sagas.booking_id = saved.column1 AND sagas.revision = saved.column2 \
+             RETURNING sagas.booking_id"
+        )
+    });
+    let mut query = sqlx::query_scalar::<_, String>(sql).bind(now_millis());
+    for i in 0..padded {
+        let s = &sagas.get(i).unwrap_or(last).stored;
+        query = query.bind(s.saga.booking_id.to_string()).bind(s.revision);
+        query = bind_changing(query, s);
+    }
+    let updated: HashSet<String> = query.fetch_all(&mut *tx).await?.into_iter().collect();
+    Ok(updated.len() == sagas.len())
+}
+
+/// Binds `s`'s values of [`CHANGING`], in its order.
+fn bind_changing<'q>(
+    query: sqlx::query::QueryScalar<'q, Any, String, AnyArguments<'q>>,
+    s: &StoredSaga,
+) -> sqlx::query::QueryScalar<'q, Any, String, AnyArguments<'q>> {
+    query
+        .bind(s.saga.state.as_str())
+        .bind(i64::from(s.saga.booking_cancelled))
+        .bind(s.saga.confirm_id.map(|c| c.to_string()))
+        .bind(s.saga.outcome.clone())
+        .bind(count(s.saga.booking_version))
+        .bind(count(s.saga.confirm_version))
+        .bind(count(s.saga.version))
+        .bind(s.settled_at.map(to_millis))
+        .bind(i64::from(s.saga.expiry_requested))
+        .bind(pending_json(&s.saga))
+        .bind(i64::from(s.saga.attempts))
+        .bind(s.next_retry_at.map(to_millis))
+        .bind(i64::from(s.saga.stuck))
+        .bind(s.saga.announced.map(SagaState::as_str))
+}
+
+fn count(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn pending_json(saga: &Saga) -> Option<String> {
+    saga.pending
+        .as_ref()
+        .map(|b| serde_json::to_string(b).expect("a message body always serialises"))
 }
 
 /// One entry of a saga's timeline.
@@ -603,5 +744,14 @@ mod tests {
                 "USE TEMP B-TREE FOR LAST TERM OF ORDER BY"
             ]
         );
+    }
+
+    #[test]
+    fn an_insert_writes_every_column_a_saga_is_read_from() {
+        let mut written: Vec<&str> = INSERTED_FIRST.iter().chain(&CHANGING).copied().collect();
+        let mut read: Vec<&str> = COLUMNS.split(',').map(str::trim).collect();
+        written.sort_unstable();
+        read.sort_unstable();
+        assert_eq!(written, read);
     }
 }
