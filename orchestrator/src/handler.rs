@@ -39,11 +39,15 @@ impl Handler for SagaHandler {
         let mut bookings: Vec<Uuid> = msgs.iter().map(|m| m.envelope.booking_id).collect();
         bookings.sort();
         bookings.dedup();
-        let mut loaded = store::load_many(tx, &bookings).await?;
+        let loaded = store::load_many(tx, &bookings).await?;
         let mut saves = store::HeldSaves::default();
         for msg in msgs {
             let booking = msg.envelope.booking_id;
-            let stored = saves.latest(booking).or_else(|| loaded.remove(&booking));
+            // As stored, until a message of the batch has changed it (one the saga ignores
+            // changes nothing).
+            let stored = saves
+                .latest(booking)
+                .or_else(|| loaded.get(&booking).cloned());
             self.apply(tx, msg, stored, Saving::Held(&mut saves))
                 .instrument(msg.span())
                 .await?;
@@ -348,12 +352,13 @@ mod tests {
         let (path_a, path_b) = (approved_path(a), approved_path(b));
         // Interleaved; all four of a's messages and the first two of b's in one batch, so a
         // booking's later messages build on what its earlier ones did within the batch; then
-        // the rest of b's, which finds its saga stored.
+        // the rest of b's, which finds its saga stored, after a message it ignores.
         let batches: Vec<Vec<Incoming>> = vec![
             vec![
                 &path_a[0], &path_b[0], &path_a[1], &path_a[2], &path_b[1], &path_a[3],
             ],
-            vec![&path_b[2], &path_b[3]],
+            // b's request again (the saga passes over it), then the rest of b's path.
+            vec![&path_b[1], &path_b[2], &path_b[3]],
         ]
         .into_iter()
         .map(|batch| batch.into_iter().map(|e| incoming(e.clone())).collect())
