@@ -29,8 +29,8 @@ use crate::{
 /// Header naming the message type, so tools can filter without parsing the body.
 pub const TYPE_HEADER: &str = "Roombook-Type";
 const BATCH: i64 = 256;
-/// Polling interval: the relay is woken on every commit, this only catches rows left by a crash
-/// or written by another replica.
+/// Polling interval: the relay is woken by every commit that adds to the outbox; this only
+/// catches rows left by a crash or written by another replica.
 const POLL: Duration = Duration::from_millis(500);
 /// Published rows older than this are pruned, except each booking's latest event, which a
 /// repeated command may still need to announce again (see [`reannounce_latest`]).
@@ -297,7 +297,7 @@ async fn relay_batch(
     js: &jetstream::Context,
 ) -> anyhow::Result<usize> {
     // Read on the write connection: on SQLite that is no thread hop (this runs after every
-    // commit).
+    // commit that adds to the outbox).
     let mut tx = db.begin().await?;
     let rows: Vec<Row> = sqlx::query(
         "SELECT id, COALESCE(publish_id, message_id), subject, payload, traceparent FROM outbox \
