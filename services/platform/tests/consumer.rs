@@ -22,18 +22,24 @@ const WAIT: Duration = Duration::from_secs(20);
 const POISON: u64 = 5;
 const FLAKY: u64 = 7;
 
+/// Notes `msg`'s version in the test's own table; returns it.
+async fn record_applied(tx: &mut Tx, msg: &Incoming) -> Result<u64, HandleError> {
+    let version = msg.envelope.version;
+    sqlx::query("INSERT INTO applied (version) VALUES ($1)")
+        .bind(i64::try_from(version).unwrap())
+        .execute(&mut *tx)
+        .await?;
+    Ok(version)
+}
+
 /// Records every version it applies; version `POISON` can never be applied, version `FLAKY`
 /// fails on its first delivery only.
 struct Recorder;
 
 impl Handler for Recorder {
     async fn handle(&self, tx: &mut Tx, msg: &Incoming) -> Result<(), HandleError> {
-        let version = msg.envelope.version;
         // Written before failing, so a rollback that did not happen would show.
-        sqlx::query("INSERT INTO applied (version) VALUES ($1)")
-            .bind(i64::try_from(version).unwrap())
-            .execute(&mut *tx)
-            .await?;
+        let version = record_applied(tx, msg).await?;
         match version {
             POISON => Err(HandleError::Park("poison".into())),
             FLAKY if msg.delivered == 1 => Err(HandleError::Retry(anyhow::anyhow!("flaky"))),
@@ -58,6 +64,21 @@ async fn connect(dir: &tempfile::TempDir, nats: &NatsServer) -> (Db, jetstream::
     (db, js)
 }
 
+/// Publishes version `version` of `booking`'s confirmation and waits for the stream to store it.
+async fn publish_confirmed(js: &jetstream::Context, booking: Uuid, version: u64) {
+    let env = Envelope::new(
+        booking,
+        booking,
+        version,
+        Body::BookingConfirmed(BookingConfirmed {}),
+    );
+    js.publish(topology::subject_for(&env), env.to_json().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
 async fn applied(db: &Db) -> Vec<i64> {
     sqlx::query("SELECT version FROM applied ORDER BY version")
         .fetch_all(&db.pool)
@@ -78,17 +99,7 @@ async fn a_failing_message_in_a_batch_is_handled_alone_and_the_rest_apply_once()
     // Everything is in the stream before the consumer starts, so it arrives in batches.
     let booking = Uuid::new_v4();
     for version in 1..=20 {
-        let env = Envelope::new(
-            booking,
-            booking,
-            version,
-            Body::BookingConfirmed(BookingConfirmed {}),
-        );
-        js.publish(topology::subject_for(&env), env.to_json().into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        publish_confirmed(&js, booking, version).await;
     }
 
     let cancel = CancellationToken::new();
@@ -291,12 +302,7 @@ struct EvenAnnouncer;
 
 impl Handler for EvenAnnouncer {
     async fn handle(&self, tx: &mut Tx, msg: &Incoming) -> Result<(), HandleError> {
-        let version = msg.envelope.version;
-        sqlx::query("INSERT INTO applied (version) VALUES ($1)")
-            .bind(i64::try_from(version).unwrap())
-            .execute(&mut *tx)
-            .await?;
-        if version.is_multiple_of(2) {
+        if record_applied(tx, msg).await?.is_multiple_of(2) {
             outbox::enqueue(tx, &msg.envelope, &msg.trace);
         }
         Ok(())
@@ -320,22 +326,7 @@ async fn only_a_commit_that_adds_to_the_outbox_wakes_the_relay() {
         cancel.clone(),
     ));
     let booking = Uuid::new_v4();
-    let publish = |version: u64| {
-        let js = js.clone();
-        async move {
-            let env = Envelope::new(
-                booking,
-                booking,
-                version,
-                Body::BookingConfirmed(BookingConfirmed {}),
-            );
-            js.publish(topology::subject_for(&env), env.to_json().into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
-    };
+    let publish = |version: u64| publish_confirmed(&js, booking, version);
 
     // Applied, so the feed is told; nothing for the relay to publish, so it is not woken.
     publish(1).await;
