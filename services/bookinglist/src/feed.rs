@@ -94,23 +94,20 @@ impl Feed {
         table: &mut Option<ViewTable>,
     ) -> Result<Vec<(i64, BookingRow)>, sqlx::Error> {
         let all = FeedFilter::default();
+        // Once per timer tick at most: a reader will do.
+        let active = match *table {
+            Some(t) => t,
+            None => *table.insert(store::active_table(&self.db.pool).await?),
+        };
         match self.db.backend {
             // One round trip, with no transaction around it.
             Backend::Postgres => {
-                let active = match *table {
-                    Some(t) => t,
-                    None => *table.insert(store::active_table(&self.db.pool).await?),
-                };
                 store::changes_since(&self.db.pool, active, last, &all, BATCH).await
             }
             // On the write connection, where statements are calls, not a hop to a reader's
             // thread.
             Backend::Sqlite => {
                 let mut tx = self.db.begin().await?;
-                let active = match *table {
-                    Some(t) => t,
-                    None => *table.insert(store::active_table(&mut tx).await?),
-                };
                 let changes = store::changes_since(&mut tx, active, last, &all, BATCH).await?;
                 tx.commit().await?;
                 Ok(changes)

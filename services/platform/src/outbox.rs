@@ -65,7 +65,7 @@ impl OutboxSignal {
     }
 
     /// After a commit that changed the database but added nothing to the outbox.
-    pub fn committed(&self) {
+    fn committed(&self) {
         self.commits.send_modify(|n| *n = n.wrapping_add(1));
     }
 
