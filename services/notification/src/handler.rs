@@ -26,10 +26,10 @@ use platform::{
     contract::{Body, Envelope},
     db::Tx,
 };
-use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{
+    bookings::{Advance, BatchBookings},
     compose::{self, Facts},
     domain::{BookingFacts, Kind, Notification, Role, Status},
     store, Settings,
@@ -47,26 +47,41 @@ impl Handler for NotificationHandler {
     /// The records of the whole batch are written together at its end: nothing in handling an
     /// event reads them.
     async fn handle_batch(&self, tx: &mut Tx, msgs: &[&Incoming]) -> Result<(), HandleError> {
+        let booked: Vec<Uuid> = msgs
+            .iter()
+            .filter(|m| mails_the_booker(&m.envelope.body))
+            .map(|m| m.envelope.booking_id)
+            .collect();
+        let now = self.settings.clock.now();
+        let mut bookings = BatchBookings::load(tx, &booked, now).await?;
         let mut records = Vec::new();
         for msg in msgs {
-            self.records(tx, msg, &mut records)
-                .instrument(msg.span())
-                .await?;
+            msg.span()
+                .in_scope(|| self.records(&mut bookings, msg, &mut records));
         }
+        bookings.save(tx, now).await?;
         store::insert_all(tx, &records).await?;
         Ok(())
     }
 }
 
+/// Whether the event mails the booker, and so needs what is known of its booking.
+fn mails_the_booker(body: &Body) -> bool {
+    matches!(
+        body,
+        Body::BookingCreated(_) | Body::BookingConfirmed(_) | Body::BookingCancelled(_)
+    )
+}
+
 impl NotificationHandler {
     /// Updates what is known of the event's booking and adds the delivery records the event
     /// makes to `out`.
-    async fn records(
+    fn records(
         &self,
-        tx: &mut Tx,
+        bookings: &mut BatchBookings,
         msg: &Incoming,
         out: &mut Vec<store::NewRecord>,
-    ) -> Result<(), HandleError> {
+    ) {
         let env = &msg.envelope;
         let now = self.settings.clock.now();
         // The consumer takes only the events below; anything else that reaches it (say, from
@@ -80,18 +95,15 @@ impl NotificationHandler {
                     start: b.use_start_dtm,
                     end: b.use_end_dtm,
                 };
-                store::record_created(&mut *tx, env.booking_id, &facts, now).await?;
-                self.to_booker(tx, env, Kind::Booked, None, now, out)
-                    .await?;
+                bookings.record_created(env.booking_id, facts);
+                self.to_booker(bookings, env, Kind::Booked, None, now, out);
             }
             Body::BookingConfirmed(_) => {
-                self.to_booker(tx, env, Kind::Confirmed, None, now, out)
-                    .await?;
+                self.to_booker(bookings, env, Kind::Confirmed, None, now, out);
             }
             Body::BookingCancelled(c) => {
                 let kind = Kind::of_cancel(c.reason);
-                self.to_booker(tx, env, kind, c.detail.clone(), now, out)
-                    .await?;
+                self.to_booker(bookings, env, kind, c.detail.clone(), now, out);
             }
             Body::ConfirmRequested(c) => {
                 let facts = BookingFacts {
@@ -105,23 +117,22 @@ impl NotificationHandler {
             }
             _ => {}
         }
-        Ok(())
     }
 
-    async fn to_booker(
+    fn to_booker(
         &self,
-        tx: &mut Tx,
+        bookings: &mut BatchBookings,
         env: &Envelope,
         kind: Kind,
         detail: Option<String>,
         now: DateTime<Utc>,
         out: &mut Vec<store::NewRecord>,
-    ) -> Result<(), HandleError> {
+    ) {
         let version = i64::try_from(env.version).unwrap_or(i64::MAX);
-        let store::Advance {
+        let Advance {
             superseded_by: newer,
             facts,
-        } = store::advance_booking_version(tx, env.booking_id, version, now).await?;
+        } = bookings.advance(env.booking_id, version);
         let mut n = self.record(env, kind, Role::Booker, None, detail, now);
         if let Some(facts) = &facts {
             describe(&mut n, facts, &self.settings);
@@ -146,7 +157,6 @@ impl NotificationHandler {
             n.last_error = Some(WAITING_REASON.to_string());
         }
         out.push((n, store::BOOKER_KEY.to_string()));
-        Ok(())
     }
 
     fn to_admins(

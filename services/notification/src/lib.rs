@@ -13,6 +13,7 @@
 //! shows every record and where its delivery stands.
 
 pub mod api;
+pub mod bookings;
 pub mod compose;
 pub mod config;
 pub mod domain;

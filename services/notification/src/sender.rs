@@ -26,7 +26,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{
-    compose,
+    bookings, compose,
     config::{MailTransport, SmtpConfig, SmtpServer, SmtpTls},
     domain::Notification,
     handler, store, Settings,
@@ -273,7 +273,7 @@ async fn resolve_waiting(tx: &mut Tx, settings: &Settings) -> anyhow::Result<usi
         .context("loading waiting notifications")?;
     let count = waiting.len();
     for mut n in waiting {
-        let Some(facts) = store::booking_facts(&mut *tx, n.booking_id).await? else {
+        let Some(facts) = bookings::booking_facts(&mut *tx, n.booking_id).await? else {
             continue;
         };
         handler::describe(&mut n, &facts, settings);

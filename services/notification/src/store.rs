@@ -1,4 +1,5 @@
-//! SQL for delivery records and booking facts (the same statements on SQLite and PostgreSQL).
+//! SQL for delivery records (the same statements on SQLite and PostgreSQL); what is known of
+//! each booking is in [`crate::bookings`].
 //!
 //! The sender works from `notifications` alone: a row is claimed by moving its
 //! `next_attempt_at` into the future with a conditional update (so two replicas never send the
@@ -8,14 +9,13 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use platform::{
-    contract::RoomId,
     db::{Conditions, StatementTexts, Tx},
     time::{from_millis, to_millis},
 };
 use sqlx::{any::AnyRow, Any, AnyPool, Executor, Row as _};
 use uuid::Uuid;
 
-use crate::domain::{BookingFacts, Kind, Notification, Role, Status};
+use crate::domain::{Kind, Notification, Role, Status};
 
 /// The recipient key of the booker's mail (admins' keys are `admin:{address}`).
 pub const BOOKER_KEY: &str = "booker";
@@ -141,121 +141,6 @@ async fn insert_chunk(tx: &mut Tx, chunk: &[NewRecord]) -> Result<(), sqlx::Erro
     }
     query.execute(&mut *tx).await?;
     Ok(())
-}
-
-/// Stores what `BookingCreated` says about the booking.
-pub async fn record_created<'c, E: Executor<'c, Database = Any>>(
-    db: E,
-    booking: Uuid,
-    facts: &BookingFacts,
-    now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO notification_bookings (booking_id, created_seen, booking_user_id, \
-         booking_user_email, room_id, start_ms, end_ms, updated_at) \
-         VALUES ($1, 1, $2, $3, $4, $5, $6, $7) \
-         ON CONFLICT (booking_id) DO UPDATE SET created_seen = 1, \
-         booking_user_id = excluded.booking_user_id, booking_user_email = excluded.booking_user_email, \
-         room_id = excluded.room_id, start_ms = excluded.start_ms, end_ms = excluded.end_ms, \
-         updated_at = excluded.updated_at",
-    )
-    .bind(booking.to_string())
-    .bind(&facts.booking_user_id)
-    .bind(&facts.booking_user_email)
-    .bind(facts.room_id)
-    .bind(to_millis(facts.start))
-    .bind(to_millis(facts.end))
-    .bind(to_millis(now))
-    .execute(db)
-    .await?;
-    Ok(())
-}
-
-/// What [`advance_booking_version`] found.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Advance {
-    /// The newer (or equal) version already mailed, when the event is superseded.
-    pub superseded_by: Option<i64>,
-    /// What `BookingCreated` said about the booking, if it has arrived.
-    pub facts: Option<BookingFacts>,
-}
-
-const FACT_COLUMNS: &str =
-    "created_seen, booking_user_id, booking_user_email, room_id, start_ms, end_ms";
-
-/// Moves the booking's newest mailed booking-event version up to `version` (creating the
-/// booking's row if this is its first event) and reads its facts, in one statement when the
-/// event is the newest so far; a superseded event costs one more read.
-pub async fn advance_booking_version(
-    tx: &mut Tx,
-    booking: Uuid,
-    version: i64,
-    now: DateTime<Utc>,
-) -> Result<Advance, sqlx::Error> {
-    let moved = sqlx::query(&format!(
-        "INSERT INTO notification_bookings (booking_id, last_booking_version, updated_at) \
-         VALUES ($1, $2, $3) ON CONFLICT (booking_id) DO UPDATE SET \
-         last_booking_version = excluded.last_booking_version, updated_at = excluded.updated_at \
-         WHERE notification_bookings.last_booking_version < excluded.last_booking_version \
-         RETURNING {FACT_COLUMNS}"
-    ))
-    .bind(booking.to_string())
-    .bind(version)
-    .bind(to_millis(now))
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(row) = moved {
-        return Ok(Advance {
-            superseded_by: None,
-            facts: seen_facts(&row)?,
-        });
-    }
-    let row = sqlx::query(&format!(
-        "SELECT last_booking_version, {FACT_COLUMNS} FROM notification_bookings \
-         WHERE booking_id = $1"
-    ))
-    .bind(booking.to_string())
-    .fetch_one(&mut *tx)
-    .await?;
-    Ok(Advance {
-        superseded_by: Some(row.try_get("last_booking_version")?),
-        facts: seen_facts(&row)?,
-    })
-}
-
-/// What `BookingCreated` said about the booking, if it has arrived.
-pub async fn booking_facts<'c, E: Executor<'c, Database = Any>>(
-    db: E,
-    booking: Uuid,
-) -> Result<Option<BookingFacts>, sqlx::Error> {
-    match sqlx::query(&format!(
-        "SELECT {FACT_COLUMNS} FROM notification_bookings WHERE booking_id = $1"
-    ))
-    .bind(booking.to_string())
-    .fetch_optional(db)
-    .await?
-    {
-        Some(row) => seen_facts(&row),
-        None => Ok(None),
-    }
-}
-
-/// The facts in a row of [`FACT_COLUMNS`], if `BookingCreated` has filled them in.
-fn seen_facts(r: &AnyRow) -> Result<Option<BookingFacts>, sqlx::Error> {
-    if r.try_get::<i64, _>("created_seen")? != 1 {
-        return Ok(None);
-    }
-    facts_from_row(r).map(Some)
-}
-
-fn facts_from_row(r: &AnyRow) -> Result<BookingFacts, sqlx::Error> {
-    Ok(BookingFacts {
-        booking_user_id: r.try_get("booking_user_id")?,
-        booking_user_email: r.try_get("booking_user_email")?,
-        room_id: r.try_get::<RoomId, _>("room_id")?,
-        start: from_millis(r.try_get("start_ms")?),
-        end: from_millis(r.try_get("end_ms")?),
-    })
 }
 
 /// WAITING rows whose booking has become known: each looked up by its booking (an `IN (SELECT …)`

@@ -399,6 +399,15 @@ impl Tx {
         self.outbox_rows = true;
     }
 
+    /// The database it runs on, for the few statements whose text differs between the two
+    /// (row locks, which SQLite has no need of: its writes take turns anyway).
+    pub fn backend(&self) -> Backend {
+        match self.inner {
+            TxInner::Sqlite(_) => Backend::Sqlite,
+            TxInner::Postgres(_) => Backend::Postgres,
+        }
+    }
+
     /// Appends a row (values in `target`'s column order) to a log table when the transaction
     /// commits, together with the table's other rows (see [`crate::appends`]).
     pub fn append(&mut self, target: Target, row: Vec<Param>) {
