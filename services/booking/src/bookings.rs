@@ -310,38 +310,33 @@ async fn apply_cancel(
 }
 
 /// `ConfirmBooking` from the orchestrator: BOOKED → CONFIRMED. A booking that was cancelled in
-/// the meantime stays cancelled (the cancel already told the orchestrator).
+/// the meantime stays cancelled (the cancel already told the orchestrator). The change is one
+/// conditional statement, which on PostgreSQL waits for a concurrent writer and then judges
+/// the booking as that writer left it.
 pub async fn on_confirm_command(
     tx: &mut Tx,
     id: Uuid,
     trace: &TraceParent,
 ) -> Result<Option<Booking>, BookingError> {
-    let mut booking = store::get_booking(&mut *tx, id)
+    if let Some(booking) = store::confirm_if_booked(&mut *tx, id, platform::time::now()).await? {
+        emit(
+            tx,
+            &booking,
+            Body::BookingConfirmed(BookingConfirmed {}),
+            trace,
+        );
+        return Ok(Some(booking));
+    }
+    let booking = store::get_booking(&mut *tx, id)
         .await?
         .ok_or(BookingError::NotFound(id))?;
-    if booking.status != BookingStatus::Booked {
-        tracing::info!(
-            status = booking.status.as_str(),
-            "ConfirmBooking changes nothing: booking is not BOOKED"
-        );
-        // Nothing to change; answer with the latest fact in case the saga missed it.
-        outbox::reannounce_latest(tx, id).await?;
-        return Ok(None);
-    }
-    let read_version = booking.version;
-    booking.status = BookingStatus::Confirmed;
-    booking.version += 1;
-    booking.updated_at = platform::time::now();
-    if !store::update_status(&mut *tx, &booking, read_version).await? {
-        return Err(BookingError::ChangedConcurrently(booking.id));
-    }
-    emit(
-        tx,
-        &booking,
-        Body::BookingConfirmed(BookingConfirmed {}),
-        trace,
+    tracing::info!(
+        status = booking.status.as_str(),
+        "ConfirmBooking changes nothing: booking is not BOOKED"
     );
-    Ok(Some(booking))
+    // Nothing to change; answer with the latest fact in case the saga missed it.
+    outbox::reannounce_latest(tx, id).await?;
+    Ok(None)
 }
 
 /// `CancelBooking` from the orchestrator (a compensation): frees the slot. An already
@@ -353,18 +348,25 @@ pub async fn on_cancel_command(
     detail: Option<String>,
     trace: &TraceParent,
 ) -> Result<Option<Booking>, BookingError> {
-    let booking = store::get_booking(&mut *tx, id)
-        .await?
-        .ok_or(BookingError::NotFound(id))?;
-    if booking.status == BookingStatus::Cancelled {
-        // Nothing to do; answer with the cancel in case the saga missed it.
-        tracing::info!("CancelBooking changes nothing: booking is already cancelled");
-        outbox::reannounce_latest(tx, id).await?;
-        return Ok(None);
+    let now = platform::time::now();
+    if let Some(booking) =
+        store::cancel_if_live(&mut *tx, id, reason, detail.as_deref(), now).await?
+    {
+        emit(
+            tx,
+            &booking,
+            Body::BookingCancelled(BookingCancelled { reason, detail }),
+            trace,
+        );
+        return Ok(Some(booking));
     }
-    apply_cancel(tx, booking, reason, detail, trace)
-        .await
-        .map(Some)
+    if store::get_booking(&mut *tx, id).await?.is_none() {
+        return Err(BookingError::NotFound(id));
+    }
+    // Nothing to do; answer with the cancel in case the saga missed it.
+    tracing::info!("CancelBooking changes nothing: booking is already cancelled");
+    outbox::reannounce_latest(tx, id).await?;
+    Ok(None)
 }
 
 fn emit(tx: &mut Tx, booking: &Booking, body: Body, trace: &TraceParent) {
@@ -443,6 +445,184 @@ mod tests {
             .unwrap();
         assert!(matches!(freed, BookingError::SlotFreed(7)), "{freed:?}");
         assert!(freed.is_retryable());
+    }
+
+    /// The event types this service has put in its outbox about `id`, oldest first.
+    async fn announced(db: &Db, id: Uuid) -> Vec<String> {
+        let subjects: Vec<String> =
+            sqlx::query_scalar("SELECT subject FROM outbox WHERE booking_id = $1 ORDER BY id")
+                .bind(id.to_string())
+                .fetch_all(&db.pool)
+                .await
+                .unwrap();
+        subjects
+            .iter()
+            .map(|s| s.rsplit('.').next().unwrap().to_string())
+            .collect()
+    }
+
+    async fn booking_db(backend: TestBackend) -> (TestDatabases, Db) {
+        let dbs = TestDatabases::new(backend);
+        let db = Db::connect(&dbs.create("booking").await, crate::migrations())
+            .await
+            .unwrap();
+        let room = Room {
+            id: 7,
+            name: "Seven".into(),
+            capacity: 4,
+        };
+        store::insert_room_if_absent(&db.pool, &room).await.unwrap();
+        (dbs, db)
+    }
+
+    /// Runs one orchestrator command in a transaction of its own, as the consumer does.
+    async fn command(
+        db: &Db,
+        id: Uuid,
+        cancel: Option<CancelReason>,
+    ) -> Result<Option<Booking>, BookingError> {
+        let mut tx = db.begin().await.unwrap();
+        let trace = TraceParent::new_root();
+        let done = match cancel {
+            None => on_confirm_command(&mut tx, id, &trace).await,
+            Some(reason) => {
+                on_cancel_command(&mut tx, id, reason, Some("why".into()), &trace).await
+            }
+        };
+        tx.commit().await.unwrap();
+        done
+    }
+
+    /// Each command changes a booking only from the states it may change it from, says so
+    /// with an event, and otherwise repeats the booking's latest event.
+    async fn commands_change_only_what_they_may(backend: TestBackend) {
+        let (_dbs, db) = booking_db(backend).await;
+        let outbox = OutboxSignal::default();
+        let trace = TraceParent::new_root();
+        let a = create(&db, &outbox, request(7, 9, 10), &trace)
+            .await
+            .unwrap()
+            .booking;
+        let b = create(&db, &outbox, request(7, 10, 11), &trace)
+            .await
+            .unwrap()
+            .booking;
+        let state = |b: &Booking| {
+            (
+                b.status,
+                b.version,
+                b.cancel_reason,
+                b.cancel_detail.clone(),
+            )
+        };
+
+        let confirmed = command(&db, a.id, None).await.unwrap().expect("confirmed");
+        assert_eq!(state(&confirmed), (BookingStatus::Confirmed, 2, None, None));
+        assert!(command(&db, a.id, None).await.unwrap().is_none());
+        assert_eq!(
+            announced(&db, a.id).await,
+            ["BookingCreated", "BookingConfirmed", "BookingConfirmed"]
+        );
+
+        let denied = Some(CancelReason::Denied);
+        let cancelled = command(&db, b.id, denied)
+            .await
+            .unwrap()
+            .expect("cancelled");
+        let cancelled_state = (
+            BookingStatus::Cancelled,
+            2,
+            Some(CancelReason::Denied),
+            Some("why".to_string()),
+        );
+        assert_eq!(state(&cancelled), cancelled_state);
+        assert!(command(&db, b.id, None).await.unwrap().is_none());
+        let expired = Some(CancelReason::Expired);
+        assert!(command(&db, b.id, expired).await.unwrap().is_none());
+        let stored = store::get_booking(&db.pool, b.id).await.unwrap().unwrap();
+        assert_eq!(state(&stored), cancelled_state);
+        assert_eq!(
+            announced(&db, b.id).await,
+            [
+                "BookingCreated",
+                "BookingCancelled",
+                "BookingCancelled",
+                "BookingCancelled"
+            ]
+        );
+
+        let unknown = Uuid::new_v4();
+        for cancel in [None, denied] {
+            let err = command(&db, unknown, cancel).await.unwrap_err();
+            assert!(
+                matches!(err, BookingError::NotFound(id) if id == unknown),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn commands_change_only_what_they_may_on_sqlite() {
+        commands_change_only_what_they_may(TestBackend::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn commands_change_only_what_they_may_on_postgres() {
+        commands_change_only_what_they_may(TestBackend::Postgres).await;
+    }
+
+    /// A confirmation that meets an owner's cancel not yet committed waits for it and then
+    /// leaves the booking cancelled, without failing and being tried again.
+    #[tokio::test]
+    async fn a_confirmation_that_meets_a_concurrent_cancel_leaves_it_cancelled_on_postgres() {
+        let (_dbs, db) = booking_db(TestBackend::Postgres).await;
+        let trace = TraceParent::new_root();
+        let booking = create(&db, &OutboxSignal::default(), request(7, 9, 10), &trace)
+            .await
+            .unwrap()
+            .booking;
+        let mut cancelling = db.begin().await.unwrap();
+        let cancelled = store::cancel_if_live(
+            &mut cancelling,
+            booking.id,
+            CancelReason::UserCancelled,
+            None,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        assert!(cancelled.is_some());
+
+        let confirm = tokio::spawn({
+            let db = db.clone();
+            async move { command(&db, booking.id, None).await }
+        });
+        platform::testkit::eventually(
+            "the confirmation to wait for the booking's row",
+            std::time::Duration::from_secs(10),
+            || async {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+                (waiting > 0).then_some(())
+            },
+        )
+        .await;
+        cancelling.commit().await.unwrap();
+        let confirmed = confirm.await.unwrap();
+        assert!(matches!(confirmed, Ok(None)), "{confirmed:?}");
+        let stored = store::get_booking(&db.pool, booking.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (stored.status, stored.version),
+            (BookingStatus::Cancelled, 2)
+        );
     }
 
     #[tokio::test]

@@ -223,6 +223,55 @@ pub async fn update_status<'c, E: Executor<'c, Database = Any>>(
     Ok(done.rows_affected() == 1)
 }
 
+/// `ConfirmBooking`'s change, in one statement: BOOKED → CONFIRMED. The booking as it is now,
+/// or `None` when it is unknown or no longer BOOKED.
+pub async fn confirm_if_booked<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<Booking>, sqlx::Error> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "UPDATE bookings SET status = 'CONFIRMED', version = version + 1, updated_at = $2 \
+             WHERE id = $1 AND status = 'BOOKED' RETURNING {BOOKING_COLUMNS}"
+        )
+    });
+    sqlx::query(&SQL)
+        .bind(id.to_string())
+        .bind(to_millis(now))
+        .fetch_optional(db)
+        .await?
+        .map(|r| booking_from_row(&r))
+        .transpose()
+}
+
+/// `CancelBooking`'s change, in one statement: any live booking → CANCELLED with `reason`.
+/// The booking as it is now, or `None` when it is unknown or already cancelled.
+pub async fn cancel_if_live<'c, E: Executor<'c, Database = Any>>(
+    db: E,
+    id: Uuid,
+    reason: CancelReason,
+    detail: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Option<Booking>, sqlx::Error> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "UPDATE bookings SET status = 'CANCELLED', cancel_reason = $3, cancel_detail = $4, \
+             version = version + 1, updated_at = $2 \
+             WHERE id = $1 AND status <> 'CANCELLED' RETURNING {BOOKING_COLUMNS}"
+        )
+    });
+    sqlx::query(&SQL)
+        .bind(id.to_string())
+        .bind(to_millis(now))
+        .bind(reason.as_str())
+        .bind(detail)
+        .fetch_optional(db)
+        .await?
+        .map(|r| booking_from_row(&r))
+        .transpose()
+}
+
 /// Filters of `GET /bookings`.
 #[derive(Debug, Default)]
 pub struct BookingFilter {
