@@ -189,32 +189,79 @@ pub async fn list(db: &Db, f: &ConfirmFilter) -> Result<Vec<Confirm>, sqlx::Erro
         .collect()
 }
 
-async fn insert(tx: &mut Tx, c: &Confirm, requested: bool) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
+/// Inserts `c`; with `if_absent`, only if its booking has no confirm yet (true when inserted).
+async fn insert(
+    tx: &mut Tx,
+    c: &Confirm,
+    requested: bool,
+    if_absent: bool,
+) -> Result<bool, sqlx::Error> {
+    static SQL: [std::sync::LazyLock<String>; 2] = [
+        std::sync::LazyLock::new(|| insert_sql("")),
+        std::sync::LazyLock::new(|| insert_sql(" ON CONFLICT (booking_id) DO NOTHING")),
+    ];
+    let done = sqlx::query(&SQL[usize::from(if_absent)])
+        .bind(c.id.to_string())
+        .bind(c.booking_id.to_string())
+        .bind(c.saga_id.to_string())
+        .bind(c.room_id)
+        .bind(&c.booking_user_id)
+        .bind(c.use_start_dtm.map(to_millis))
+        .bind(c.use_end_dtm.map(to_millis))
+        .bind(c.status.as_str())
+        .bind(&c.confirm_user_id)
+        .bind(c.confirm_dtm.map(to_millis))
+        .bind(&c.reason)
+        .bind(i64::from(requested))
+        .bind(c.closed_at.map(to_millis))
+        .bind(&c.close_reason)
+        .bind(c.version)
+        .bind(to_millis(c.created_at))
+        .bind(c.approval_deadline.map(to_millis))
+        .bind(now_millis())
+        .execute(&mut *tx)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+fn insert_sql(on_conflict: &str) -> String {
+    format!(
         "INSERT INTO confirms ({COLUMNS}, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
-    ))
-    .bind(c.id.to_string())
-    .bind(c.booking_id.to_string())
-    .bind(c.saga_id.to_string())
-    .bind(c.room_id)
-    .bind(&c.booking_user_id)
-    .bind(c.use_start_dtm.map(to_millis))
-    .bind(c.use_end_dtm.map(to_millis))
-    .bind(c.status.as_str())
-    .bind(&c.confirm_user_id)
-    .bind(c.confirm_dtm.map(to_millis))
-    .bind(&c.reason)
-    .bind(i64::from(requested))
-    .bind(c.closed_at.map(to_millis))
-    .bind(&c.close_reason)
-    .bind(c.version)
-    .bind(to_millis(c.created_at))
-    .bind(c.approval_deadline.map(to_millis))
-    .bind(now_millis())
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)\
+         {on_conflict}"
+    )
+}
+
+/// An admin's decision on a request still open to one (BOOKED, not closed, before its
+/// deadline at `now`), in one statement: the confirm as decided, or `None` when there is no
+/// such request.
+async fn decide_if_open(
+    tx: &mut Tx,
+    id: Uuid,
+    decision: ConfirmStatus,
+    admin: &str,
+    reason: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Option<Confirm>, sqlx::Error> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "UPDATE confirms SET status = $1, confirm_user_id = $2, decided_at = $3, reason = $4, \
+             version = version + 1, updated_at = $3 \
+             WHERE id = $5 AND status = 'BOOKED' AND closed_at IS NULL AND room_id IS NOT NULL \
+             AND (deadline_ms IS NULL OR deadline_ms > $6) RETURNING {COLUMNS}"
+        )
+    });
+    sqlx::query(&SQL)
+        .bind(decision.as_str())
+        .bind(admin)
+        .bind(now_millis())
+        .bind(reason)
+        .bind(id.to_string())
+        .bind(to_millis(now))
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| from_row(&r))
+        .transpose()
 }
 
 /// Writes a change guarded by the version it was read at; false if someone changed it first.
@@ -256,15 +303,6 @@ pub async fn on_request(
     req: &RequestConfirm,
     trace: &TraceParent,
 ) -> Result<(), sqlx::Error> {
-    if let Some(existing) = get_by_booking(&mut *tx, booking_id).await? {
-        tracing::info!(
-            closed = existing.closed,
-            "RequestConfirm changes nothing: the confirm exists"
-        );
-        // Nothing to change; answer with the latest fact in case the saga missed it.
-        outbox::reannounce_latest(tx, booking_id).await?;
-        return Ok(());
-    }
     let confirm = Confirm {
         id: Uuid::now_v7(),
         booking_id,
@@ -284,7 +322,12 @@ pub async fn on_request(
         version: 1,
         created_at: platform::time::now(),
     };
-    insert(tx, &confirm, true).await?;
+    if !insert(tx, &confirm, true, true).await? {
+        tracing::info!("RequestConfirm changes nothing: the booking's confirm exists");
+        // Nothing to change; answer with the latest fact in case the saga missed it.
+        outbox::reannounce_latest(tx, booking_id).await?;
+        return Ok(());
+    }
     let event = Body::ConfirmRequested(ConfirmRequested {
         confirm_id: confirm.id,
         room_id: req.room_id,
@@ -398,7 +441,7 @@ async fn insert_tombstone(
         version: 0,
         created_at: now,
     };
-    insert(tx, &tombstone, false).await?;
+    insert(tx, &tombstone, false, false).await?;
     Ok(tombstone)
 }
 
@@ -435,11 +478,29 @@ pub async fn decide(
     if decision == ConfirmStatus::Booked {
         return Err(DecisionError::NotADecision);
     }
-    // On PostgreSQL the confirm may change between this decision's read and its write (a
-    // DeleteConfirm closing it); the decision is then judged again against what it became.
+    // The decision is one conditional update; on PostgreSQL it waits for a concurrent writer
+    // (a DeleteConfirm closing the request) and is judged against what that left. Only a
+    // refused decision reads the confirm, to say why.
     for _ in 0..5 {
         let mut tx = db.begin().await?;
-        let mut c = get(&mut tx, id)
+        let decided =
+            decide_if_open(&mut tx, id, decision, admin, reason.as_deref(), clock.now()).await?;
+        if let Some(c) = decided {
+            let decided = ConfirmDecided {
+                confirm_id: c.id,
+                confirm_user_id: admin.to_string(),
+                reason: reason.clone(),
+            };
+            let body = match decision {
+                ConfirmStatus::Confirmed => Body::ConfirmCompleted(decided),
+                _ => Body::ConfirmDenied(decided),
+            };
+            emit(&mut tx, &c, body, trace);
+            tx.commit().await?;
+            outbox.notify();
+            return Ok(c);
+        }
+        let c = get(&mut tx, id)
             .await?
             .filter(|c| c.room_id.is_some())
             .ok_or(DecisionError::NotFound(id))?;
@@ -465,35 +526,130 @@ pub async fn decide(
                 status: c.status.as_str(),
             });
         }
-        let read_version = c.version;
-        c.status = decision;
-        c.confirm_user_id = Some(admin.to_string());
-        c.confirm_dtm = Some(platform::time::now());
-        c.reason = reason.clone();
-        c.version += 1;
-        if !update(&mut tx, &c, read_version).await? {
-            continue;
-        }
-        let decided = ConfirmDecided {
-            confirm_id: c.id,
-            confirm_user_id: admin.to_string(),
-            reason: reason.clone(),
-        };
-        let body = match decision {
-            ConfirmStatus::Confirmed => Body::ConfirmCompleted(decided),
-            _ => Body::ConfirmDenied(decided),
-        };
-        emit(&mut tx, &c, body, trace);
-        tx.commit().await?;
-        outbox.notify();
-        return Ok(c);
+        // Open after all: it was written between the update and the read. Try again.
     }
     Err(sqlx::Error::RowNotFound.into())
 }
 
 #[cfg(test)]
 mod tests {
+    use platform::{
+        clock::ManualClock,
+        testkit::{TestBackend, TestDatabases},
+    };
+
     use super::*;
+
+    /// The event types this service has put in its outbox about `booking`, oldest first.
+    async fn announced(db: &Db, booking: Uuid) -> Vec<String> {
+        let subjects: Vec<String> =
+            sqlx::query_scalar("SELECT subject FROM outbox WHERE booking_id = $1 ORDER BY id")
+                .bind(booking.to_string())
+                .fetch_all(&db.pool)
+                .await
+                .unwrap();
+        subjects
+            .iter()
+            .map(|s| s.rsplit('.').next().unwrap().to_string())
+            .collect()
+    }
+
+    /// Opens a request for a new booking, as the `RequestConfirm` consumer does.
+    async fn request(db: &Db, booking: Uuid, deadline: DateTime<Utc>) -> Confirm {
+        let req = RequestConfirm {
+            room_id: 101,
+            booking_user_id: "alice".into(),
+            use_start_dtm: deadline,
+            use_end_dtm: deadline + chrono::Duration::hours(1),
+            approval_deadline: deadline,
+        };
+        let mut tx = db.begin().await.unwrap();
+        on_request(&mut tx, booking, booking, &req, &TraceParent::new_root())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        get_by_booking(&db.pool, booking).await.unwrap().unwrap()
+    }
+
+    /// A decision is taken while the request is open, answered as it stands when repeated,
+    /// and refused with the reason otherwise; a repeated request adds no second confirm.
+    async fn decisions_are_taken_only_while_the_request_is_open(backend: TestBackend) {
+        let dbs = TestDatabases::new(backend);
+        let db = Db::connect(&dbs.create("confirm").await, crate::migrations())
+            .await
+            .unwrap();
+        let start = platform::time::now();
+        let clock = ManualClock::starting_at(start);
+        let outbox = OutboxSignal::default();
+        let trace = TraceParent::new_root();
+        let decide = |id, decision| {
+            let (db, outbox, clock, trace) = (&db, &outbox, &clock, &trace);
+            async move { super::decide(db, outbox, clock, id, decision, "root", None, trace).await }
+        };
+        let hour = chrono::Duration::hours(1);
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let open = request(&db, a, start + hour).await;
+        let closing = request(&db, b, start + hour).await;
+        let expiring = request(&db, c, start + chrono::Duration::minutes(1)).await;
+
+        let approved = decide(open.id, ConfirmStatus::Confirmed).await.unwrap();
+        assert_eq!(
+            (
+                approved.status,
+                approved.version,
+                approved.confirm_user_id.as_deref()
+            ),
+            (ConfirmStatus::Confirmed, 2, Some("root"))
+        );
+        let repeated = decide(open.id, ConfirmStatus::Confirmed).await.unwrap();
+        assert_eq!(repeated, approved);
+        let changed = decide(open.id, ConfirmStatus::Denied).await.unwrap_err();
+        assert!(
+            matches!(changed, DecisionError::AlreadyDecided { .. }),
+            "{changed:?}"
+        );
+
+        assert_eq!(request(&db, a, start + hour).await, approved);
+        assert_eq!(
+            announced(&db, a).await,
+            ["ConfirmRequested", "ConfirmCompleted", "ConfirmCompleted"]
+        );
+
+        let mut tx = db.begin().await.unwrap();
+        on_delete(&mut tx, b, b, "CANCELLED", &trace).await.unwrap();
+        tx.commit().await.unwrap();
+        let closed = decide(closing.id, ConfirmStatus::Confirmed)
+            .await
+            .unwrap_err();
+        assert!(matches!(closed, DecisionError::Closed(_)), "{closed:?}");
+
+        clock.advance(chrono::Duration::minutes(1));
+        let late = decide(expiring.id, ConfirmStatus::Denied)
+            .await
+            .unwrap_err();
+        assert!(matches!(late, DecisionError::Expired(_)), "{late:?}");
+        let unknown = decide(Uuid::now_v7(), ConfirmStatus::Denied)
+            .await
+            .unwrap_err();
+        assert!(matches!(unknown, DecisionError::NotFound(_)), "{unknown:?}");
+        for (id, version) in [(closing.id, 2), (expiring.id, 1)] {
+            let stored = get(&db.pool, id).await.unwrap().unwrap();
+            assert_eq!(
+                (stored.status, stored.version),
+                (ConfirmStatus::Booked, version)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn decisions_are_taken_only_while_the_request_is_open_on_sqlite() {
+        decisions_are_taken_only_while_the_request_is_open(TestBackend::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn decisions_are_taken_only_while_the_request_is_open_on_postgres() {
+        decisions_are_taken_only_while_the_request_is_open(TestBackend::Postgres).await;
+    }
 
     #[tokio::test]
     async fn the_approval_queue_is_listed_through_its_index() {
