@@ -383,7 +383,9 @@ fn envelope(booking: &Booking, body: Body) -> Envelope {
 mod tests {
     use super::*;
     use chrono::{Duration, TimeZone};
-    use platform::testkit::{TestBackend, TestDatabases};
+    use platform::testkit::{
+        outbox_event_types, until_a_session_waits_on_a_lock, TestBackend, TestDatabases,
+    };
 
     use crate::domain::Room;
 
@@ -447,20 +449,6 @@ mod tests {
         assert!(freed.is_retryable());
     }
 
-    /// The event types this service has put in its outbox about `id`, oldest first.
-    async fn announced(db: &Db, id: Uuid) -> Vec<String> {
-        let subjects: Vec<String> =
-            sqlx::query_scalar("SELECT subject FROM outbox WHERE booking_id = $1 ORDER BY id")
-                .bind(id.to_string())
-                .fetch_all(&db.pool)
-                .await
-                .unwrap();
-        subjects
-            .iter()
-            .map(|s| s.rsplit('.').next().unwrap().to_string())
-            .collect()
-    }
-
     async fn booking_db(backend: TestBackend) -> (TestDatabases, Db) {
         let dbs = TestDatabases::new(backend);
         let db = Db::connect(&dbs.create("booking").await, crate::migrations())
@@ -520,7 +508,7 @@ mod tests {
         assert_eq!(state(&confirmed), (BookingStatus::Confirmed, 2, None, None));
         assert!(command(&db, a.id, None).await.unwrap().is_none());
         assert_eq!(
-            announced(&db, a.id).await,
+            outbox_event_types(&db.pool, a.id).await,
             ["BookingCreated", "BookingConfirmed", "BookingConfirmed"]
         );
 
@@ -542,7 +530,7 @@ mod tests {
         let stored = store::get_booking(&db.pool, b.id).await.unwrap().unwrap();
         assert_eq!(state(&stored), cancelled_state);
         assert_eq!(
-            announced(&db, b.id).await,
+            outbox_event_types(&db.pool, b.id).await,
             [
                 "BookingCreated",
                 "BookingCancelled",
@@ -597,21 +585,7 @@ mod tests {
             let db = db.clone();
             async move { command(&db, booking.id, None).await }
         });
-        platform::testkit::eventually(
-            "the confirmation to wait for the booking's row",
-            std::time::Duration::from_secs(10),
-            || async {
-                let waiting: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                )
-                .fetch_one(&db.pool)
-                .await
-                .unwrap();
-                (waiting > 0).then_some(())
-            },
-        )
-        .await;
+        until_a_session_waits_on_a_lock(&db.pool).await;
         cancelling.commit().await.unwrap();
         let confirmed = confirm.await.unwrap();
         assert!(matches!(confirmed, Ok(None)), "{confirmed:?}");

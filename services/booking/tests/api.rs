@@ -194,7 +194,7 @@ async fn a_cancel_that_meets_a_concurrent_confirmation_still_cancels_on_postgres
     let id = booking["id"].as_str().unwrap().to_string();
 
     // The confirmation, written but not yet committed while the cancel runs.
-    let db = sqlx::PgPool::connect(&app.database_url).await.unwrap();
+    let db = sqlx::AnyPool::connect(&app.database_url).await.unwrap();
     let mut confirming = db.begin().await.unwrap();
     sqlx::query("UPDATE bookings SET status = 'CONFIRMED', version = version + 1 WHERE id = $1")
         .bind(&id)
@@ -204,21 +204,7 @@ async fn a_cancel_that_meets_a_concurrent_confirmation_still_cancels_on_postgres
     let path = format!("/bookings/{id}");
     let cancel = app.call(Method::DELETE, &path, Some(("alice", "user")), None);
     let commit_once_the_cancel_waits = async {
-        platform::testkit::eventually(
-            "the cancel waiting for the booking's row",
-            std::time::Duration::from_secs(10),
-            || async {
-                let waiting: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                )
-                .fetch_one(&db)
-                .await
-                .unwrap();
-                (waiting > 0).then_some(())
-            },
-        )
-        .await;
+        platform::testkit::until_a_session_waits_on_a_lock(&db).await;
         confirming.commit().await.unwrap();
     };
     let ((status, _, cancelled), ()) = tokio::join!(cancel, commit_once_the_cancel_waits);

@@ -535,24 +535,10 @@ pub async fn decide(
 mod tests {
     use platform::{
         clock::ManualClock,
-        testkit::{TestBackend, TestDatabases},
+        testkit::{outbox_event_types, TestBackend, TestDatabases},
     };
 
     use super::*;
-
-    /// The event types this service has put in its outbox about `booking`, oldest first.
-    async fn announced(db: &Db, booking: Uuid) -> Vec<String> {
-        let subjects: Vec<String> =
-            sqlx::query_scalar("SELECT subject FROM outbox WHERE booking_id = $1 ORDER BY id")
-                .bind(booking.to_string())
-                .fetch_all(&db.pool)
-                .await
-                .unwrap();
-        subjects
-            .iter()
-            .map(|s| s.rsplit('.').next().unwrap().to_string())
-            .collect()
-    }
 
     /// Opens a request for a new booking, as the `RequestConfirm` consumer does.
     async fn request(db: &Db, booking: Uuid, deadline: DateTime<Utc>) -> Confirm {
@@ -611,7 +597,7 @@ mod tests {
 
         assert_eq!(request(&db, a, start + hour).await, approved);
         assert_eq!(
-            announced(&db, a).await,
+            outbox_event_types(&db.pool, a).await,
             ["ConfirmRequested", "ConfirmCompleted", "ConfirmCompleted"]
         );
 

@@ -221,8 +221,6 @@ fn seen_facts(r: &AnyRow) -> Result<Option<BookingFacts>, sqlx::Error> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use platform::{db::Db, testkit::TestBackend};
 
     use super::*;
@@ -358,21 +356,7 @@ mod tests {
                 let db = db.clone();
                 async move { run_batch(&db, &[Step::Later(booking, 2)]).await }
             });
-            platform::testkit::eventually(
-                "the second batch to wait on the first one's row",
-                Duration::from_secs(10),
-                || async {
-                    let waiting: i64 = sqlx::query_scalar(
-                        "SELECT COUNT(*) FROM pg_stat_activity \
-                         WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                    )
-                    .fetch_one(&db.pool)
-                    .await
-                    .unwrap();
-                    (waiting > 0).then_some(())
-                },
-            )
-            .await;
+            platform::testkit::until_a_session_waits_on_a_lock(&db.pool).await;
             batch.save(&mut first, Utc::now()).await.unwrap();
             first.commit().await.unwrap();
             assert_eq!(second.await.unwrap()[0].superseded_by, Some(3), "{booking}");

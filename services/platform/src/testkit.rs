@@ -247,6 +247,42 @@ pub async fn generic_plan_on_postgres(db: &crate::db::Db, sql: &str, args: &[&st
     plan
 }
 
+/// Waits until a session of the PostgreSQL database behind `pool` waits on a lock: for tests
+/// that start a second writer and must know it has met the first one's lock before that one
+/// commits.
+pub async fn until_a_session_waits_on_a_lock(pool: &sqlx::AnyPool) {
+    eventually(
+        "a session to wait on a lock",
+        Duration::from_secs(10),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(pool)
+            .await
+            .expect("reading pg_stat_activity");
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+}
+
+/// The types of the events a service has put in its outbox about `booking`, oldest first.
+pub async fn outbox_event_types(pool: &sqlx::AnyPool, booking: uuid::Uuid) -> Vec<String> {
+    let subjects: Vec<String> =
+        sqlx::query_scalar("SELECT subject FROM outbox WHERE booking_id = $1 ORDER BY id")
+            .bind(booking.to_string())
+            .fetch_all(pool)
+            .await
+            .expect("reading the outbox");
+    // Subjects end in the event's type (see `topology::subject_for`).
+    subjects
+        .iter()
+        .map(|s| s.rsplit('.').next().unwrap_or_default().to_string())
+        .collect()
+}
+
 /// Whether a Prometheus text exposition has a line of the metric `name` carrying every one of
 /// `labels` (each written as `key="value"`).
 pub fn has_series(metrics: &str, name: &str, labels: &[&str]) -> bool {
