@@ -404,9 +404,8 @@ mod tests {
         }
     }
 
-    /// A request the guarded insert turned away is told apart afterwards: the booking in its
-    /// way, an unknown room, or — the booking in its way gone since — a reason to try again.
-    async fn a_turned_away_request_learns_why(backend: TestBackend) {
+    /// A database with room 7 in it.
+    async fn booking_db(backend: TestBackend) -> (TestDatabases, Db) {
         let dbs = TestDatabases::new(backend);
         let db = Db::connect(&dbs.create("booking").await, crate::migrations())
             .await
@@ -417,6 +416,13 @@ mod tests {
             capacity: 4,
         };
         store::insert_room_if_absent(&db.pool, &room).await.unwrap();
+        (dbs, db)
+    }
+
+    /// A request the guarded insert turned away is told apart afterwards: the booking in its
+    /// way, an unknown room, or — the booking in its way gone since — a reason to try again.
+    async fn a_turned_away_request_learns_why(backend: TestBackend) {
+        let (_dbs, db) = booking_db(backend).await;
         let outbox = OutboxSignal::default();
         let trace = TraceParent::new_root();
         let held = create(&db, &outbox, request(7, 9, 11), &trace)
@@ -447,20 +453,6 @@ mod tests {
             .unwrap();
         assert!(matches!(freed, BookingError::SlotFreed(7)), "{freed:?}");
         assert!(freed.is_retryable());
-    }
-
-    async fn booking_db(backend: TestBackend) -> (TestDatabases, Db) {
-        let dbs = TestDatabases::new(backend);
-        let db = Db::connect(&dbs.create("booking").await, crate::migrations())
-            .await
-            .unwrap();
-        let room = Room {
-            id: 7,
-            name: "Seven".into(),
-            capacity: 4,
-        };
-        store::insert_room_if_absent(&db.pool, &room).await.unwrap();
-        (dbs, db)
     }
 
     /// Runs one orchestrator command in a transaction of its own, as the consumer does.
