@@ -248,9 +248,8 @@ pub async fn cancel_by_user(
     trace: &TraceParent,
     may_access: impl Fn(&Booking) -> bool,
 ) -> Result<Booking, BookingError> {
-    // A cancel that meets a concurrent change (the admin's approval confirming the booking,
-    // say) reads the booking again and decides anew: a confirmed booking can still be
-    // cancelled by its owner, a cancelled one is 409.
+    // A cancel that meets a concurrent change waits for it (PostgreSQL): a booking confirmed
+    // meanwhile is still cancelled; one cancelled meanwhile is read again and answered 409.
     retrying("cancel booking", || {
         cancel_once(db, outbox, id, detail.clone(), trace, &may_access)
     })
@@ -276,37 +275,37 @@ async fn cancel_once(
     if booking.use_start_dtm <= platform::time::now() {
         return Err(BookingError::AlreadyStarted(id));
     }
-    let cancelled =
-        apply_cancel(&mut tx, booking, CancelReason::UserCancelled, detail, trace).await?;
+    // Cancelled by someone else since the read: read again (and answer 409).
+    let cancelled = cancel_live(&mut tx, id, CancelReason::UserCancelled, detail, trace)
+        .await?
+        .ok_or(BookingError::ChangedConcurrently(id))?;
     tx.commit().await?;
     outbox.notify();
     Ok(cancelled)
 }
 
-async fn apply_cancel(
+/// Cancels a live booking with `reason` in one conditional statement and announces it; `None`
+/// when the booking is unknown or already cancelled. On PostgreSQL it waits for a concurrent
+/// writer and judges the booking as that writer left it.
+async fn cancel_live(
     tx: &mut Tx,
-    mut booking: Booking,
+    id: Uuid,
     reason: CancelReason,
     detail: Option<String>,
     trace: &TraceParent,
-) -> Result<Booking, BookingError> {
-    let read_version = booking.version;
-    booking.status = BookingStatus::Cancelled;
-    booking.cancel_reason = Some(reason);
-    booking.cancel_detail = detail.clone();
-    booking.version += 1;
-    booking.updated_at = platform::time::now();
-    if !store::update_status(&mut *tx, &booking, read_version).await? {
-        // The caller's transaction is abandoned and the operation retried.
-        return Err(BookingError::ChangedConcurrently(booking.id));
-    }
+) -> Result<Option<Booking>, BookingError> {
+    let now = platform::time::now();
+    let Some(booking) = store::cancel_if_live(&mut *tx, id, reason, detail.as_deref(), now).await?
+    else {
+        return Ok(None);
+    };
     emit(
         tx,
         &booking,
         Body::BookingCancelled(BookingCancelled { reason, detail }),
         trace,
     );
-    Ok(booking)
+    Ok(Some(booking))
 }
 
 /// `ConfirmBooking` from the orchestrator: BOOKED → CONFIRMED. A booking that was cancelled in
@@ -348,16 +347,7 @@ pub async fn on_cancel_command(
     detail: Option<String>,
     trace: &TraceParent,
 ) -> Result<Option<Booking>, BookingError> {
-    let now = platform::time::now();
-    if let Some(booking) =
-        store::cancel_if_live(&mut *tx, id, reason, detail.as_deref(), now).await?
-    {
-        emit(
-            tx,
-            &booking,
-            Body::BookingCancelled(BookingCancelled { reason, detail }),
-            trace,
-        );
+    if let Some(booking) = cancel_live(tx, id, reason, detail, trace).await? {
         return Ok(Some(booking));
     }
     if store::get_booking(&mut *tx, id).await?.is_none() {

@@ -200,29 +200,6 @@ fn insert_if_free_sql(lock_room: bool) -> String {
     )
 }
 
-/// Writes a status change, guarded by the version it was read at (optimistic concurrency).
-/// Returns false when someone else changed the booking in between.
-pub async fn update_status<'c, E: Executor<'c, Database = Any>>(
-    db: E,
-    b: &Booking,
-    read_version: i64,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE bookings SET status = $1, cancel_reason = $2, cancel_detail = $3, version = $4, \
-         updated_at = $5 WHERE id = $6 AND version = $7",
-    )
-    .bind(b.status.as_str())
-    .bind(b.cancel_reason.map(CancelReason::as_str))
-    .bind(&b.cancel_detail)
-    .bind(b.version)
-    .bind(to_millis(b.updated_at))
-    .bind(b.id.to_string())
-    .bind(read_version)
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
 /// `ConfirmBooking`'s change, in one statement: BOOKED → CONFIRMED. The booking as it is now,
 /// or `None` when it is unknown or no longer BOOKED.
 pub async fn confirm_if_booked<'c, E: Executor<'c, Database = Any>>(
@@ -245,7 +222,8 @@ pub async fn confirm_if_booked<'c, E: Executor<'c, Database = Any>>(
         .transpose()
 }
 
-/// `CancelBooking`'s change, in one statement: any live booking → CANCELLED with `reason`.
+/// A cancel (the owner's, or the orchestrator's `CancelBooking`), in one statement: any live
+/// booking → CANCELLED with `reason`.
 /// The booking as it is now, or `None` when it is unknown or already cancelled.
 pub async fn cancel_if_live<'c, E: Executor<'c, Database = Any>>(
     db: E,
