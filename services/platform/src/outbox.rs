@@ -2,6 +2,8 @@
 //! database transaction ([`enqueue`]); the [`relay`] publishes them to JetStream afterwards,
 //! waits for each publish ack, and only then marks them published. A crash between publish and
 //! mark re-publishes with the same `Nats-Msg-Id`, which the server's duplicate window drops.
+//! The marks of one batch are written together with the next batch's read, or after
+//! [`MARK_DELAY`] when no next batch comes: one transaction per batch instead of two.
 //!
 //! Published rows stay as the service's message log: [`reannounce_latest`] publishes a booking's
 //! latest event again (same envelope, so consumers that have it skip it; a new `Nats-Msg-Id`, so
@@ -14,14 +16,14 @@ use async_nats::{
     header::{HeaderMap, NATS_MESSAGE_ID},
     jetstream::{self, message::PublishMessage},
 };
-use sqlx::Row as _;
+use sqlx::{Any, Executor, Row as _};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     appends::Target,
     contract::Envelope,
-    db::{self, Db, Param, Tx},
+    db::{self, Backend, Db, Param, StatementTexts, Tx},
     metrics, topology,
     trace::{self, TraceParent},
 };
@@ -32,6 +34,10 @@ const BATCH: i64 = 256;
 /// Polling interval: the relay is woken by every commit that adds to the outbox; this only
 /// catches rows left by a crash or written by another replica.
 const POLL: Duration = Duration::from_millis(500);
+/// How long an idle relay keeps the ids it has published before writing them down on their
+/// own. Far inside the server's duplicate window, so a crash meanwhile re-publishes nothing the
+/// server keeps.
+pub const MARK_DELAY: Duration = Duration::from_millis(50);
 /// Published rows older than this are pruned, except each booking's latest event, which a
 /// repeated command may still need to announce again (see [`reannounce_latest`]).
 pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -179,7 +185,8 @@ struct Row {
     traceparent: Option<String>,
 }
 
-/// Publishes the outbox until `cancel` fires; the batch in hand is finished first.
+/// Publishes the outbox until `cancel` fires; the batch in hand is finished first, and what
+/// it published is marked before returning.
 pub async fn relay(
     service: &'static str,
     db: Db,
@@ -189,15 +196,30 @@ pub async fn relay(
 ) {
     let mut rows = signal.outbox_rows();
     let mut failures = 0u32;
+    // Acknowledged by the server, not yet marked published.
+    let mut published = Vec::new();
     loop {
-        match relay_batch(service, &db, &js).await {
+        match relay_batch(service, &db, &js, &mut published).await {
             // A short batch took every row there was. Rows committed since then have woken the
             // relay (the wake-up is kept until it waits), so it can wait without looking again.
             Ok(sent) if sent < BATCH as usize => {
                 failures = 0;
                 metrics::outbox_backlog(service, 0);
+                if !published.is_empty() {
+                    // The next batch will mark these with its read; if none comes soon, mark
+                    // them on their own.
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        _ = rows.changed() => continue,
+                        () = tokio::time::sleep(MARK_DELAY) => {
+                            if let Err(e) = mark_published(&db, &mut published).await {
+                                tracing::warn!(error = %format!("{e:#}"), "marking published outbox rows failed");
+                            }
+                        }
+                    }
+                }
                 tokio::select! {
-                    () = cancel.cancelled() => return,
+                    () = cancel.cancelled() => break,
                     // The sender lives in `signal`, so this cannot end while the relay runs.
                     _ = rows.changed() => {}
                     () = tokio::time::sleep(POLL) => {}
@@ -214,11 +236,19 @@ pub async fn relay(
                 let delay = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "outbox relay failed");
                 tokio::select! {
-                    () = cancel.cancelled() => return,
+                    () = cancel.cancelled() => break,
                     () = tokio::time::sleep(delay) => {}
                 }
             }
         }
+        if cancel.is_cancelled() {
+            break;
+        }
+    }
+    // Left unmarked, they would be published again at the next start (and dropped there by the
+    // server as duplicates, if within its window).
+    if let Err(e) = mark_published(&db, &mut published).await {
+        tracing::warn!(error = %format!("{e:#}"), "marking published outbox rows at shutdown failed");
     }
 }
 
@@ -289,22 +319,48 @@ pub fn prune_sql() -> String {
     )
 }
 
-/// Publishes one batch and marks what the server acknowledged as published (the rows stay as
-/// the service's message log); returns how many were sent.
-async fn relay_batch(
-    service: &'static str,
-    db: &Db,
-    js: &jetstream::Context,
-) -> anyhow::Result<usize> {
-    // Read on the write connection: on SQLite that is no thread hop (this runs after every
-    // commit that adds to the outbox).
+/// Marks the rows `published` as published (emptying it), in one transaction.
+async fn mark_published(db: &Db, published: &mut Vec<i64>) -> Result<(), sqlx::Error> {
+    if published.is_empty() {
+        return Ok(());
+    }
     let mut tx = db.begin().await?;
-    let rows: Vec<Row> = sqlx::query(
+    mark_published_sql(&mut tx, published).await?;
+    tx.commit().await?;
+    published.clear();
+    Ok(())
+}
+
+/// The statement that marks the rows `ids` as published.
+async fn mark_published_sql<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    ids: &[i64],
+) -> Result<(), sqlx::Error> {
+    // Repeats of the last id change nothing.
+    let padded = db::padded_len(ids.len());
+    static TEXTS: StatementTexts<usize> = StatementTexts::new();
+    let sql = TEXTS.get(padded, || {
+        format!(
+            "UPDATE outbox SET published_at = $1 WHERE id IN ({})",
+            db::params(2, padded)
+        )
+    });
+    let mut query = sqlx::query(sql).bind(crate::time::now_millis());
+    for i in 0..padded {
+        query = query.bind(ids[i.min(ids.len() - 1)]);
+    }
+    query.execute(ex).await?;
+    Ok(())
+}
+
+/// The oldest rows not yet published, in id order.
+async fn unpublished<'e>(ex: impl Executor<'e, Database = Any>) -> Result<Vec<Row>, sqlx::Error> {
+    sqlx::query(
         "SELECT id, COALESCE(publish_id, message_id), subject, payload, traceparent FROM outbox \
          WHERE published_at IS NULL ORDER BY id LIMIT $1",
     )
     .bind(BATCH)
-    .fetch_all(&mut tx)
+    .fetch_all(ex)
     .await?
     .into_iter()
     .map(|r| {
@@ -316,8 +372,38 @@ async fn relay_batch(
             traceparent: r.try_get(4)?,
         })
     })
-    .collect::<Result<_, sqlx::Error>>()?;
-    tx.commit().await?;
+    .collect()
+}
+
+/// Marks the rows `published` (the previous batch's) and reads the next batch, publishes that
+/// batch, and adds what the server acknowledged to `published`; returns how many were sent.
+async fn relay_batch(
+    service: &'static str,
+    db: &Db,
+    js: &jetstream::Context,
+    published: &mut Vec<i64>,
+) -> anyhow::Result<usize> {
+    let rows = match db.backend {
+        // Each statement its own transaction: around both, one would add two round trips.
+        Backend::Postgres => {
+            if !published.is_empty() {
+                mark_published_sql(&db.pool, published).await?;
+            }
+            unpublished(&db.pool).await?
+        }
+        // On the write connection, which the marks need: on SQLite reading there is no thread
+        // hop either (this runs after every commit that adds to the outbox).
+        Backend::Sqlite => {
+            let mut tx = db.begin().await?;
+            if !published.is_empty() {
+                mark_published_sql(&mut tx, published).await?;
+            }
+            let rows = unpublished(&mut tx).await?;
+            tx.commit().await?;
+            rows
+        }
+    };
+    published.clear();
     if rows.is_empty() {
         return Ok(0);
     }
@@ -338,12 +424,11 @@ async fn relay_batch(
             .headers(headers);
         pending.push(js.send_publish(row.subject.clone(), publish).await?);
     }
-    let mut acked = Vec::with_capacity(rows.len());
     let mut first_error = None;
     for (row, ack) in rows.iter().zip(pending) {
         match ack.await {
             Ok(_) => {
-                acked.push(row.id);
+                published.push(row.id);
                 metrics::published(service, row.subject.rsplit('.').next().unwrap_or("unknown"));
             }
             Err(e) => {
@@ -351,23 +436,8 @@ async fn relay_batch(
             }
         }
     }
-    if !acked.is_empty() {
-        // Repeats of the last id change nothing.
-        let padded = db::padded_len(acked.len());
-        let sql = format!(
-            "UPDATE outbox SET published_at = $1 WHERE id IN ({})",
-            db::params(2, padded)
-        );
-        let mut query = sqlx::query(&sql).bind(crate::time::now_millis());
-        for i in 0..padded {
-            query = query.bind(acked[i.min(acked.len() - 1)]);
-        }
-        let mut tx = db.begin().await?;
-        query.execute(&mut tx).await?;
-        tx.commit().await?;
-    }
     match first_error {
         Some(e) => Err(anyhow::Error::new(e).context("publish not acknowledged")),
-        None => Ok(acked.len()),
+        None => Ok(published.len()),
     }
 }
