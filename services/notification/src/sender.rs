@@ -158,19 +158,55 @@ fn write_eml(dir: &std::path::Path, n: &Notification, bytes: &[u8]) -> anyhow::R
     );
     // Written in place: a few kilobytes into the page cache take less time than handing them to
     // a blocking thread and back (this is the local default, not the deployed SMTP path).
-    let tmp = dir.join(format!(".{name}.tmp"));
     // The folder is made at start-up; made again only if it has gone since (not checked for
     // every mail: that is two more system calls each).
-    let written = match std::fs::write(&tmp, bytes) {
+    let written = match write_whole(dir, &name, bytes) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            std::fs::write(&tmp, bytes)
+            write_whole(dir, &name, bytes)
         }
         other => other,
     };
-    written.with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, dir.join(&name))
-        .with_context(|| format!("renaming {} to {name}", tmp.display()))?;
+    written.with_context(|| format!("writing {name} in {}", dir.display()))
+}
+
+/// Writes `bytes` as `dir/name` so that the file appears whole or not at all, replacing one of
+/// that name. On Linux it is written unnamed (`O_TMPFILE`) and then linked under its name: one
+/// entry added to the folder, where a temporary name and a rename add two and remove one (in a
+/// folder of many mails each costs a look-up). Through a temporary name when that cannot be
+/// done: the name is taken already (a retried mail), or the filesystem has no unnamed files.
+fn write_whole(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if write_unnamed_then_link(dir, name, bytes).is_ok() {
+        return Ok(());
+    }
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, dir.join(name))
+}
+
+#[cfg(target_os = "linux")]
+fn write_unnamed_then_link(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::{io::Write as _, os::fd::AsRawFd as _};
+
+    use rustix::fs::{linkat, openat, AtFlags, Mode, OFlags, CWD};
+
+    let fd = openat(
+        CWD,
+        dir,
+        OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o666),
+    )?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    // Linking a descriptor by its /proc path needs no privilege (`AT_EMPTY_PATH` would).
+    linkat(
+        CWD,
+        format!("/proc/self/fd/{}", file.as_raw_fd()),
+        CWD,
+        dir.join(name),
+        AtFlags::SYMLINK_FOLLOW,
+    )?;
     Ok(())
 }
 
@@ -382,6 +418,36 @@ async fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names_in(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_file_appears_under_its_name_alone_and_a_rewrite_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        write_whole(dir.path(), "a.eml", b"first").unwrap();
+        assert_eq!(std::fs::read(dir.path().join("a.eml")).unwrap(), b"first");
+        // A retried mail: same name, and nothing else left in the folder.
+        write_whole(dir.path(), "a.eml", b"second").unwrap();
+        assert_eq!(std::fs::read(dir.path().join("a.eml")).unwrap(), b"second");
+        write_whole(dir.path(), "b.eml", b"third").unwrap();
+        assert_eq!(names_in(dir.path()), ["a.eml", "b.eml"]);
+    }
+
+    #[test]
+    fn a_file_for_a_missing_folder_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        let e = write_whole(&gone, "a.eml", b"x").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        assert!(names_in(dir.path()).is_empty());
+    }
 
     #[test]
     fn backoff_doubles_from_the_base_up_to_the_cap() {
