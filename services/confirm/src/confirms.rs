@@ -8,7 +8,7 @@ use platform::{
         Body, ConfirmClosed, ConfirmDecided, ConfirmExpired, ConfirmRequested, Envelope,
         RequestConfirm, RoomId,
     },
-    db::{Conditions, Db, Tx},
+    db::{Backend, Conditions, Db, Param, StatementTexts, Tx},
     outbox::{self, OutboxSignal},
     time::{from_millis, now_millis, to_millis},
     trace::TraceParent,
@@ -264,6 +264,90 @@ async fn decide_if_open(
         .transpose()
 }
 
+/// The event announcing the decision `c` carries.
+fn decision_body(c: &Confirm, reason: Option<&str>) -> Body {
+    let decided = ConfirmDecided {
+        confirm_id: c.id,
+        confirm_user_id: c.confirm_user_id.clone().unwrap_or_default(),
+        reason: reason.map(str::to_string),
+    };
+    match c.status {
+        ConfirmStatus::Confirmed => Body::ConfirmCompleted(decided),
+        _ => Body::ConfirmDenied(decided),
+    }
+}
+
+/// PostgreSQL: if the request as `read` is open to a decision at `now`, writes the decision and
+/// its event in one statement, its own transaction, guarded by the version read as well as by
+/// the request being open: with the read, two round trips where a transaction takes four.
+/// `None` when the request is not open or has changed since it was read; the caller's general
+/// path then decides or says why not.
+async fn decide_with_event(
+    pool: &sqlx::AnyPool,
+    read: &Confirm,
+    decision: ConfirmStatus,
+    admin: &str,
+    reason: Option<&str>,
+    now: DateTime<Utc>,
+    trace: &TraceParent,
+) -> Result<Option<Confirm>, sqlx::Error> {
+    let open = read.status == ConfirmStatus::Booked
+        && !read.closed
+        && read.room_id.is_some()
+        && read.approval_deadline.is_none_or(|d| d > now);
+    if !open {
+        return Ok(None);
+    }
+    let decided_ms = now_millis();
+    let decided = Confirm {
+        status: decision,
+        confirm_user_id: Some(admin.to_string()),
+        confirm_dtm: Some(from_millis(decided_ms)),
+        reason: reason.map(str::to_string),
+        version: read.version + 1,
+        ..read.clone()
+    };
+    let event = outbox::row(
+        &Envelope::new(
+            decided.booking_id,
+            decided.saga_id,
+            u64::try_from(decided.version).unwrap_or_default(),
+            decision_body(&decided, reason),
+        ),
+        trace,
+    );
+    static TEXTS: StatementTexts<usize> = StatementTexts::new();
+    let sql = TEXTS.get(event.len(), || decide_with_event_sql(event.len()));
+    let query = sqlx::query(sql)
+        .bind(decision.as_str())
+        .bind(admin)
+        .bind(decided_ms)
+        .bind(reason)
+        .bind(read.id.to_string())
+        .bind(to_millis(now))
+        .bind(read.version);
+    let written = event
+        .into_iter()
+        .fold(query, |q, value: Param| value.bind_to(q))
+        .execute(pool)
+        .await?;
+    Ok((written.rows_affected() == 1).then_some(decided))
+}
+
+/// [`decide_if_open`]'s update, also guarded by the version read (`$7`), then the outbox row
+/// of its `event_columns` values (`$8` on) if it changed the request.
+fn decide_with_event_sql(event_columns: usize) -> String {
+    format!(
+        "WITH decided AS (UPDATE confirms SET status = $1, confirm_user_id = $2, decided_at = $3, \
+         reason = $4, version = version + 1, updated_at = $3 \
+         WHERE id = $5 AND status = 'BOOKED' AND closed_at IS NULL AND room_id IS NOT NULL \
+         AND (deadline_ms IS NULL OR deadline_ms > $6) AND version = $7 RETURNING id) \
+         INSERT INTO outbox ({}) SELECT {} FROM decided",
+        outbox::columns(),
+        platform::db::params(8, event_columns)
+    )
+}
+
 /// Writes a change guarded by the version it was read at; false if someone changed it first.
 async fn update(tx: &mut Tx, c: &Confirm, read_version: i64) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
@@ -478,6 +562,24 @@ pub async fn decide(
     if decision == ConfirmStatus::Booked {
         return Err(DecisionError::NotADecision);
     }
+    if db.backend == Backend::Postgres {
+        if let Some(read) = get(&db.pool, id).await? {
+            let decided = decide_with_event(
+                &db.pool,
+                &read,
+                decision,
+                admin,
+                reason.as_deref(),
+                clock.now(),
+                trace,
+            )
+            .await?;
+            if let Some(c) = decided {
+                outbox.notify();
+                return Ok(c);
+            }
+        }
+    }
     // The decision is one conditional update; on PostgreSQL it waits for a concurrent writer
     // (a DeleteConfirm closing the request) and is judged against what that left. Only a
     // refused decision reads the confirm, to say why.
@@ -486,16 +588,7 @@ pub async fn decide(
         let decided =
             decide_if_open(&mut tx, id, decision, admin, reason.as_deref(), clock.now()).await?;
         if let Some(c) = decided {
-            let decided = ConfirmDecided {
-                confirm_id: c.id,
-                confirm_user_id: admin.to_string(),
-                reason: reason.clone(),
-            };
-            let body = match decision {
-                ConfirmStatus::Confirmed => Body::ConfirmCompleted(decided),
-                _ => Body::ConfirmDenied(decided),
-            };
-            emit(&mut tx, &c, body, trace);
+            emit(&mut tx, &c, decision_body(&c, reason.as_deref()), trace);
             tx.commit().await?;
             outbox.notify();
             return Ok(c);
@@ -635,6 +728,59 @@ mod tests {
     #[tokio::test]
     async fn decisions_are_taken_only_while_the_request_is_open_on_postgres() {
         decisions_are_taken_only_while_the_request_is_open(TestBackend::Postgres).await;
+    }
+
+    /// PostgreSQL's decision in one statement writes nothing when the request changed after it
+    /// was read, even while it is still open: the answer and the event come from that read.
+    #[tokio::test]
+    async fn a_decision_from_a_stale_read_writes_nothing_on_postgres() {
+        let dbs = TestDatabases::new(TestBackend::Postgres);
+        let db = Db::connect(&dbs.create("confirm").await, crate::migrations())
+            .await
+            .unwrap();
+        let now = platform::time::now();
+        let booking = Uuid::now_v7();
+        let read = request(&db, booking, now + chrono::Duration::hours(1)).await;
+        let trace = TraceParent::new_root();
+        let decide = |read| {
+            let (db, trace) = (&db, &trace);
+            async move {
+                decide_with_event(
+                    &db.pool,
+                    read,
+                    ConfirmStatus::Confirmed,
+                    "root",
+                    None,
+                    now,
+                    trace,
+                )
+                .await
+                .unwrap()
+            }
+        };
+
+        // Another writer, leaving the request open.
+        sqlx::query("UPDATE confirms SET version = version + 1 WHERE id = $1")
+            .bind(read.id.to_string())
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(decide(&read).await, None);
+        let stored = get(&db.pool, read.id).await.unwrap().unwrap();
+        assert_eq!((stored.status, stored.version), (ConfirmStatus::Booked, 2));
+        assert_eq!(
+            outbox_event_types(&db.pool, booking).await,
+            ["ConfirmRequested"]
+        );
+
+        // Read again, it is decided, and the answer is the request as stored.
+        let decided = decide(&stored).await.unwrap();
+        assert_eq!(get(&db.pool, read.id).await.unwrap().unwrap(), decided);
+        assert_eq!(decided.version, 3);
+        assert_eq!(
+            outbox_event_types(&db.pool, booking).await,
+            ["ConfirmRequested", "ConfirmCompleted"]
+        );
     }
 
     #[tokio::test]
