@@ -232,6 +232,57 @@ fn insert_sql(on_conflict: &str) -> String {
     )
 }
 
+/// Inserts the new requests `confirms` (no booking twice) in one statement, leaving any
+/// booking that has a confirm as it is; returns the bookings inserted.
+async fn insert_all_if_absent(
+    tx: &mut Tx,
+    confirms: &[Confirm],
+) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
+    if confirms.is_empty() {
+        return Ok(Default::default());
+    }
+    // Repeats of the last request insert nothing more.
+    let padded = platform::db::padded_len(confirms.len());
+    static TEXTS: StatementTexts<usize> = StatementTexts::new();
+    let sql = TEXTS.get(padded, || {
+        let rows = platform::db::param_groups(padded, 18, 1, ", ", |p| format!("({p})"));
+        format!(
+            "INSERT INTO confirms ({COLUMNS}, updated_at) VALUES {rows} \
+             ON CONFLICT (booking_id) DO NOTHING RETURNING booking_id"
+        )
+    });
+    let now = now_millis();
+    let mut query = sqlx::query_scalar::<_, String>(sql);
+    for i in 0..padded {
+        let c = &confirms[i.min(confirms.len() - 1)];
+        query = query
+            .bind(c.id.to_string())
+            .bind(c.booking_id.to_string())
+            .bind(c.saga_id.to_string())
+            .bind(c.room_id)
+            .bind(c.booking_user_id.clone())
+            .bind(c.use_start_dtm.map(to_millis))
+            .bind(c.use_end_dtm.map(to_millis))
+            .bind(c.status.as_str())
+            .bind(c.confirm_user_id.clone())
+            .bind(c.confirm_dtm.map(to_millis))
+            .bind(c.reason.clone())
+            .bind(1_i64)
+            .bind(c.closed_at.map(to_millis))
+            .bind(c.close_reason.clone())
+            .bind(c.version)
+            .bind(to_millis(c.created_at))
+            .bind(c.approval_deadline.map(to_millis))
+            .bind(now);
+    }
+    query
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|id| Uuid::parse_str(id).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+        .collect()
+}
+
 /// An admin's decision on a request still open to one (BOOKED, not closed, before its
 /// deadline at `now`), in one statement: the confirm as decided, or `None` when there is no
 /// such request.
@@ -387,7 +438,32 @@ pub async fn on_request(
     req: &RequestConfirm,
     trace: &TraceParent,
 ) -> Result<(), sqlx::Error> {
-    let confirm = Confirm {
+    let confirm = requested(booking_id, saga_id, req);
+    let inserted = insert(tx, &confirm, true, true).await?;
+    announce_request(tx, &confirm, req, inserted, trace).await
+}
+
+/// A `RequestConfirm` for each booking in `requests` (no booking twice): the new requests are
+/// inserted in one statement, then each is answered in order as [`on_request`] answers it.
+pub async fn on_requests(
+    tx: &mut Tx,
+    requests: &[(Uuid, Uuid, &RequestConfirm, &TraceParent)],
+) -> Result<(), sqlx::Error> {
+    let confirms: Vec<Confirm> = requests
+        .iter()
+        .map(|&(booking_id, saga_id, req, _)| requested(booking_id, saga_id, req))
+        .collect();
+    let inserted = insert_all_if_absent(tx, &confirms).await?;
+    for (confirm, &(_, _, req, trace)) in confirms.iter().zip(requests) {
+        let new = inserted.contains(&confirm.booking_id);
+        announce_request(tx, confirm, req, new, trace).await?;
+    }
+    Ok(())
+}
+
+/// The request `RequestConfirm` opens for a booking.
+fn requested(booking_id: Uuid, saga_id: Uuid, req: &RequestConfirm) -> Confirm {
+    Confirm {
         id: Uuid::now_v7(),
         booking_id,
         saga_id,
@@ -405,11 +481,21 @@ pub async fn on_request(
         close_reason: None,
         version: 1,
         created_at: platform::time::now(),
-    };
-    if !insert(tx, &confirm, true, true).await? {
-        tracing::info!("RequestConfirm changes nothing: the booking's confirm exists");
-        // Nothing to change; answer with the latest fact in case the saga missed it.
-        outbox::reannounce_latest(tx, booking_id).await?;
+    }
+}
+
+/// Announces `confirm` if this request `inserted` it; otherwise the booking's confirm existed
+/// and nothing changes, but the latest fact is announced again in case the saga missed it.
+async fn announce_request(
+    tx: &mut Tx,
+    confirm: &Confirm,
+    req: &RequestConfirm,
+    inserted: bool,
+    trace: &TraceParent,
+) -> Result<(), sqlx::Error> {
+    if !inserted {
+        tracing::info!(booking_id = %confirm.booking_id, "RequestConfirm changes nothing: the booking's confirm exists");
+        outbox::reannounce_latest(tx, confirm.booking_id).await?;
         return Ok(());
     }
     let event = Body::ConfirmRequested(ConfirmRequested {
@@ -420,7 +506,7 @@ pub async fn on_request(
         use_end_dtm: req.use_end_dtm,
         approval_deadline: req.approval_deadline,
     });
-    emit(tx, &confirm, event, trace);
+    emit(tx, confirm, event, trace);
     Ok(())
 }
 
