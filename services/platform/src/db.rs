@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     appends::{Appends, Target},
+    sqlite_memory,
     sqlite_writer::SqliteWriter,
 };
 
@@ -133,6 +134,10 @@ impl Db {
             } else {
                 format!("{url}?mode=rwc")
             };
+            if let sqlite_memory::Outcome::Refused(code) = sqlite_memory::use_process_allocator() {
+                // Only a cost: SQLite keeps glibc's malloc and its statistics.
+                tracing::debug!(code, "SQLite had started; it keeps its own allocator");
+            }
             (Backend::Sqlite, url)
         } else {
             anyhow::bail!("DATABASE_URL must start with sqlite:// or postgres:// (got {url})");

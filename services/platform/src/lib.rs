@@ -19,6 +19,7 @@ pub mod outbox;
 pub mod retention;
 pub mod runtime;
 pub mod shutdown;
+pub mod sqlite_memory;
 mod sqlite_writer;
 pub mod telemetry;
 pub mod time;

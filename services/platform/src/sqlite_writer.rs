@@ -9,7 +9,8 @@
 //! statements on it directly, in the calling task, one at a time (the [`crate::db::Db`] queues
 //! writers). Statements are still written and bound with sqlx (`sqlx::query(…).bind(…)`) and
 //! their rows read as `AnyRow`s, exactly as on the pool; only how they reach the file differs.
-//! This is the one module where the workspace allows `unsafe`: SQLite's C API.
+//! This and [`crate::sqlite_memory`] are the modules where the workspace allows `unsafe`:
+//! SQLite's C API.
 #![allow(unsafe_code)]
 
 use std::{
