@@ -27,13 +27,13 @@ mod tokens;
 
 use std::process::ExitCode;
 
+use clap::Parser as _;
+
 /// The load generator shares the machine with the stack it measures: every CPU second it spends
-/// is one the stack does not get. glibc's malloc was about a fifth of its time (BENCHMARKS.md,
+/// is one the stack does not get. glibc's malloc was about a quarter of its time (BENCHMARKS.md,
 /// Run 20); the services allocate with mimalloc too.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use clap::Parser as _;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

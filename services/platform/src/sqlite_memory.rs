@@ -7,8 +7,8 @@
 //! [`use_process_allocator`] hands SQLite mimalloc's functions instead and turns the statistics
 //! off (nothing here reads them). SQLite takes such settings only before it first starts, i.e.
 //! before the process opens its first database.
-//! Besides [`crate::sqlite_writer`], this is the one module where the workspace allows
-//! `unsafe`: SQLite's and mimalloc's C APIs.
+//! This and [`crate::sqlite_writer`] are the modules where the workspace allows `unsafe`:
+//! SQLite's and mimalloc's C APIs.
 #![allow(unsafe_code)]
 
 use std::{
