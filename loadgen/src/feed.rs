@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use serde_json::Value;
+use serde::Deserialize;
 use tokio::{sync::watch, time::Instant};
 
 use crate::stats::{CallEnd, Recorder};
@@ -23,10 +23,22 @@ pub const FEED_EVENTS: &str = "feed.events";
 const WATCHED_SAGA_STATES: [&str; 4] =
     ["AWAITING_APPROVAL", "COMPLETED", "COMPENSATED", "CANCELLED"];
 
+/// What a worker reads of a booking-list row: parsed into these fields alone (the feed sends
+/// every column; the load generator shares the machine with the stack it measures).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedRow {
+    pub booking_id: String,
+    pub confirm_id: Option<String>,
+    pub saga_state: Option<String>,
+    pub booking_status: Option<String>,
+    pub confirm_status: Option<String>,
+}
+
 /// Rows by booking id, as the feed last showed them.
 #[derive(Default)]
 pub struct Watch {
-    rows: Mutex<HashMap<String, watch::Sender<Option<Value>>>>,
+    rows: Mutex<HashMap<String, watch::Sender<Option<FeedRow>>>>,
 }
 
 impl Watch {
@@ -71,8 +83,8 @@ impl Watch {
         &self,
         booking: &str,
         deadline: Instant,
-        done: impl Fn(&Value) -> bool,
-    ) -> Option<Value> {
+        done: impl Fn(&FeedRow) -> bool,
+    ) -> Option<FeedRow> {
         let mut rx = self.sender(booking).subscribe();
         let found =
             tokio::time::timeout_at(deadline, rx.wait_for(|row| row.as_ref().is_some_and(&done)))
@@ -88,7 +100,7 @@ impl Watch {
         self.rows.lock().expect("rows lock").remove(booking);
     }
 
-    fn sender(&self, booking: &str) -> watch::Sender<Option<Value>> {
+    fn sender(&self, booking: &str) -> watch::Sender<Option<FeedRow>> {
         self.rows
             .lock()
             .expect("rows lock")
@@ -97,11 +109,8 @@ impl Watch {
             .clone()
     }
 
-    fn update(&self, row: Value) {
-        let Some(booking) = row.get("bookingId").and_then(Value::as_str) else {
-            return;
-        };
-        let sender = self.sender(booking);
+    fn update(&self, row: FeedRow) {
+        let sender = self.sender(&row.booking_id);
         sender.send_replace(Some(row));
     }
 }
@@ -253,17 +262,47 @@ mod tests {
         );
     }
 
+    fn row(json: &str) -> FeedRow {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_row_keeps_the_columns_a_worker_reads_and_skips_the_rest() {
+        let parsed = row(
+            r#"{"bookingId": "b1", "roomId": 101, "sagaState": "COMPLETED",
+            "bookingStatus": "CONFIRMED", "confirmStatus": "CONFIRMED", "confirmId": "c1",
+            "confirmClosed": false, "timeline": [{"at": 1}], "useStartDtm": null}"#,
+        );
+        assert_eq!(
+            parsed,
+            FeedRow {
+                booking_id: "b1".into(),
+                confirm_id: Some("c1".into()),
+                saga_state: Some("COMPLETED".into()),
+                booking_status: Some("CONFIRMED".into()),
+                confirm_status: Some("CONFIRMED".into()),
+            }
+        );
+        let bare = row(r#"{"bookingId": "b2", "sagaState": null}"#);
+        assert_eq!(bare.saga_state, None);
+        assert!(serde_json::from_str::<FeedRow>(r#"{"sagaState": "COMPLETED"}"#).is_err());
+    }
+
     #[tokio::test]
     async fn a_waiter_sees_a_row_that_arrived_before_it_asked() {
         let w = Watch::default();
-        w.update(serde_json::json!({"bookingId": "b1", "sagaState": "STARTED"}));
+        w.update(row(r#"{"bookingId": "b1", "sagaState": "STARTED"}"#));
         let deadline = Instant::now() + Duration::from_millis(50);
-        let row = w
-            .wait_for("b1", deadline, |r| r["sagaState"] == "STARTED")
+        let seen = w
+            .wait_for("b1", deadline, |r| {
+                r.saga_state.as_deref() == Some("STARTED")
+            })
             .await;
-        assert_eq!(row.unwrap()["sagaState"], "STARTED");
+        assert_eq!(seen.unwrap().saga_state.as_deref(), Some("STARTED"));
         assert!(w
-            .wait_for("b1", deadline, |r| r["sagaState"] == "COMPLETED")
+            .wait_for("b1", deadline, |r| {
+                r.saga_state.as_deref() == Some("COMPLETED")
+            })
             .await
             .is_none());
         w.forget("b1");

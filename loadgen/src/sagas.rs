@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use crate::{
     api::{Api, Failure, Reply},
-    feed::Watch,
+    feed::{FeedRow, Watch},
     mix::{Action, Mix},
     setup::TerminalSource,
     slots::{rfc3339, SlotPlan},
@@ -264,10 +264,9 @@ async fn drive(ctx: &Ctx, i: u64, action: Action, t0: Instant, measured: bool) -
     // 2. The approval request.
     let confirm_id = match &ctx.watch {
         Some(watch) => watch
-            .wait_for(&booking_id, deadline, |row| row_confirm_id(row).is_some())
+            .wait_for(&booking_id, deadline, |row| row.confirm_id.is_some())
             .await
-            .as_ref()
-            .and_then(row_confirm_id)
+            .and_then(|row| row.confirm_id)
             .ok_or(("confirm-feed", Failure::GaveUp(cfg.saga_timeout)))?,
         None => poll_confirm(ctx, &booking_id, deadline).await?,
     };
@@ -312,11 +311,11 @@ async fn drive(ctx: &Ctx, i: u64, action: Action, t0: Instant, measured: bool) -
         Some(watch) => {
             let row = watch
                 .wait_for(&booking_id, deadline, |row| {
-                    settled_value(TerminalSource::BookingList, action, row) != Settle::Pending
+                    settled_feed_row(action, row) != Settle::Pending
                 })
                 .await;
             watch.forget(&booking_id);
-            match row.map(|r| settled_value(TerminalSource::BookingList, action, &r)) {
+            match row.map(|r| settled_feed_row(action, &r)) {
                 Some(Settle::Done) => {}
                 Some(Settle::Wrong(got)) => {
                     return Err((
@@ -410,13 +409,6 @@ async fn poll_settled(
     Ok(())
 }
 
-/// The confirm id of a booking-list row whose approval request is open.
-fn row_confirm_id(row: &Value) -> Option<String> {
-    row.get("confirmId")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-}
-
 /// One poll: `Some(reply)` for a 200, `None` for "not there yet" (404) or a failure worth
 /// retrying (5xx, no answer: counted as errors, the saga goes on); other answers end the saga.
 async fn poll(
@@ -473,25 +465,12 @@ fn settled_value(source: TerminalSource, action: Action, v: &Value) -> Settle {
     let text = |key: &str| v.get(key).and_then(Value::as_str);
     let want = action.expected_saga_state();
     match source {
-        TerminalSource::BookingList => {
-            let state = text("sagaState");
-            match state {
-                Some(s) if s == want => {
-                    let booking_ok =
-                        text("bookingStatus") == Some(action.expected_booking_status());
-                    let confirm_ok = action
-                        .expected_confirm_status()
-                        .is_none_or(|c| text("confirmStatus") == Some(c));
-                    if booking_ok && confirm_ok {
-                        Settle::Done
-                    } else {
-                        Settle::Pending
-                    }
-                }
-                Some(s) if SETTLED_STATES.contains(&s) => Settle::Wrong(s.to_string()),
-                _ => Settle::Pending,
-            }
-        }
+        TerminalSource::BookingList => settled_row(
+            action,
+            text("sagaState"),
+            text("bookingStatus"),
+            text("confirmStatus"),
+        ),
         TerminalSource::Saga | TerminalSource::Auto | TerminalSource::Feed => {
             let settled = v.get("settled").and_then(Value::as_bool).unwrap_or(true);
             match text("state") {
@@ -500,6 +479,41 @@ fn settled_value(source: TerminalSource, action: Action, v: &Value) -> Settle {
                 _ => Settle::Pending,
             }
         }
+    }
+}
+
+/// [`settled_row`] of a row from the live feed.
+fn settled_feed_row(action: Action, row: &FeedRow) -> Settle {
+    settled_row(
+        action,
+        row.saga_state.as_deref(),
+        row.booking_status.as_deref(),
+        row.confirm_status.as_deref(),
+    )
+}
+
+/// Whether a booking-list row shows `action`'s path settled: its saga in the path's state
+/// and the booking's and confirm's columns agreeing with it.
+fn settled_row(
+    action: Action,
+    saga_state: Option<&str>,
+    booking_status: Option<&str>,
+    confirm_status: Option<&str>,
+) -> Settle {
+    match saga_state {
+        Some(s) if s == action.expected_saga_state() => {
+            let booking_ok = booking_status == Some(action.expected_booking_status());
+            let confirm_ok = action
+                .expected_confirm_status()
+                .is_none_or(|c| confirm_status == Some(c));
+            if booking_ok && confirm_ok {
+                Settle::Done
+            } else {
+                Settle::Pending
+            }
+        }
+        Some(s) if SETTLED_STATES.contains(&s) => Settle::Wrong(s.to_string()),
+        _ => Settle::Pending,
     }
 }
 
@@ -527,6 +541,28 @@ mod tests {
             settled_value(bl, Action::Approve, &cancelled),
             Settle::Wrong("CANCELLED".into())
         );
+    }
+
+    #[test]
+    fn a_feed_row_settles_as_the_same_row_read_from_the_booking_list() {
+        let rows = [
+            json!({"bookingId": "b", "sagaState": "COMPLETED", "bookingStatus": "CONFIRMED", "confirmStatus": "CONFIRMED"}),
+            json!({"bookingId": "b", "sagaState": "COMPLETED", "bookingStatus": "BOOKED", "confirmStatus": "CONFIRMED"}),
+            json!({"bookingId": "b", "sagaState": "AWAITING_APPROVAL", "bookingStatus": "BOOKED", "confirmId": "c"}),
+            json!({"bookingId": "b", "sagaState": "COMPENSATED", "bookingStatus": "CANCELLED", "confirmStatus": "DENIED"}),
+            json!({"bookingId": "b", "sagaState": "CANCELLED", "bookingStatus": "CANCELLED", "confirmStatus": "BOOKED"}),
+            json!({"bookingId": "b"}),
+        ];
+        for row in rows {
+            let typed: FeedRow = serde_json::from_value(row.clone()).unwrap();
+            for action in [Action::Approve, Action::Deny, Action::Cancel] {
+                assert_eq!(
+                    settled_feed_row(action, &typed),
+                    settled_value(TerminalSource::BookingList, action, &row),
+                    "{action:?} {row}"
+                );
+            }
+        }
     }
 
     #[test]
