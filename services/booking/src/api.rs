@@ -303,7 +303,7 @@ async fn cancel_booking(
         id,
         detail,
         &trace_of(&headers),
-        |b| who.may_access(&b.booking_user_id),
+        move |b| who.may_access(&b.booking_user_id),
     )
     .await?;
     Ok(Json(booking).into_response())

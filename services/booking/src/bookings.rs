@@ -178,8 +178,8 @@ async fn create_once(
     })
 }
 
-/// SQLite: the guarded insert and the event's outbox row in a transaction on the write
-/// connection (statements there are calls into the library, not round trips).
+/// SQLite: the guarded insert and the event's outbox row, in a transaction on the write
+/// connection shared with the other requests writing at the same moment ([`Db::write`]).
 async fn insert_in_transaction(
     db: &Db,
     booking: &Booking,
@@ -187,13 +187,18 @@ async fn insert_in_transaction(
     event: &Envelope,
     trace: &TraceParent,
 ) -> Result<bool, sqlx::Error> {
-    let mut tx = db.begin().await?;
-    if !store::insert_booking_if_free(&mut tx, booking, key).await? {
-        return Ok(false);
-    }
-    outbox::enqueue(&mut tx, event, trace);
-    tx.commit().await?;
-    Ok(true)
+    let (booking, key) = (booking.clone(), key.map(str::to_owned));
+    let (event, trace) = (event.clone(), trace.clone());
+    db.write(move |tx: &mut Tx| {
+        Box::pin(async move {
+            if !store::insert_booking_if_free(tx, &booking, key.as_deref()).await? {
+                return Ok(false);
+            }
+            outbox::enqueue(tx, &event, &trace);
+            Ok(true)
+        })
+    })
+    .await
 }
 
 /// Why a booking was not inserted: the slot is taken, or the room does not exist. Asked only
@@ -246,26 +251,30 @@ pub async fn cancel_by_user(
     id: Uuid,
     detail: Option<String>,
     trace: &TraceParent,
-    may_access: impl Fn(&Booking) -> bool,
+    may_access: impl Fn(&Booking) -> bool + Send + Sync + 'static,
 ) -> Result<Booking, BookingError> {
+    let may_access = std::sync::Arc::new(may_access);
     // A cancel that meets a concurrent change waits for it (PostgreSQL): a booking confirmed
     // meanwhile is still cancelled; one cancelled meanwhile is read again and answered 409.
-    retrying("cancel booking", || {
-        cancel_once(db, outbox, id, detail.clone(), trace, &may_access)
+    let cancelled = retrying("cancel booking", || {
+        let (detail, trace, may_access) = (detail.clone(), trace.clone(), may_access.clone());
+        db.write(move |tx: &mut Tx| {
+            Box::pin(async move { cancel_once(tx, id, detail, &trace, may_access.as_ref()).await })
+        })
     })
-    .await
+    .await?;
+    outbox.notify();
+    Ok(cancelled)
 }
 
 async fn cancel_once(
-    db: &Db,
-    outbox: &OutboxSignal,
+    tx: &mut Tx,
     id: Uuid,
     detail: Option<String>,
     trace: &TraceParent,
-    may_access: &impl Fn(&Booking) -> bool,
+    may_access: &(impl Fn(&Booking) -> bool + ?Sized),
 ) -> Result<Booking, BookingError> {
-    let mut tx = db.begin().await?;
-    let booking = store::get_booking(&mut tx, id)
+    let booking = store::get_booking(&mut *tx, id)
         .await?
         .filter(|b| may_access(b))
         .ok_or(BookingError::NotFound(id))?;
@@ -276,12 +285,9 @@ async fn cancel_once(
         return Err(BookingError::AlreadyStarted(id));
     }
     // Cancelled by someone else since the read: read again (and answer 409).
-    let cancelled = cancel_live(&mut tx, id, CancelReason::UserCancelled, detail, trace)
+    cancel_live(tx, id, CancelReason::UserCancelled, detail, trace)
         .await?
-        .ok_or(BookingError::ChangedConcurrently(id))?;
-    tx.commit().await?;
-    outbox.notify();
-    Ok(cancelled)
+        .ok_or(BookingError::ChangedConcurrently(id))
 }
 
 /// Cancels a live booking with `reason` in one conditional statement and announces it; `None`

@@ -283,17 +283,26 @@ async fn insert_all_if_absent(
         .collect()
 }
 
-/// An admin's decision on a request still open to one (BOOKED, not closed, before its
-/// deadline at `now`), in one statement: the confirm as decided, or `None` when there is no
-/// such request.
-async fn decide_if_open(
-    tx: &mut Tx,
+/// An admin's decision on confirm `id`, as asked at `now`.
+struct Asked<'a> {
     id: Uuid,
     decision: ConfirmStatus,
-    admin: &str,
-    reason: Option<&str>,
+    admin: &'a str,
+    reason: Option<&'a str>,
     now: DateTime<Utc>,
-) -> Result<Option<Confirm>, sqlx::Error> {
+}
+
+/// The decision `asked` on a request still open to one (BOOKED, not closed, before its
+/// deadline at `now`), in one statement: the confirm as decided, or `None` when there is no
+/// such request.
+async fn decide_if_open(tx: &mut Tx, asked: &Asked<'_>) -> Result<Option<Confirm>, sqlx::Error> {
+    let Asked {
+        id,
+        decision,
+        admin,
+        reason,
+        now,
+    } = *asked;
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             "UPDATE confirms SET status = $1, confirm_user_id = $2, decided_at = $3, reason = $4, \
@@ -670,44 +679,82 @@ pub async fn decide(
     // (a DeleteConfirm closing the request) and is judged against what that left. Only a
     // refused decision reads the confirm, to say why.
     for _ in 0..5 {
-        let mut tx = db.begin().await?;
-        let decided =
-            decide_if_open(&mut tx, id, decision, admin, reason.as_deref(), clock.now()).await?;
-        if let Some(c) = decided {
-            emit(&mut tx, &c, decision_body(&c, reason.as_deref()), trace);
-            tx.commit().await?;
-            outbox.notify();
-            return Ok(c);
+        let now = clock.now();
+        let (admin, reason, trace) = (admin.to_owned(), reason.clone(), trace.clone());
+        let outcome = db
+            .write(move |tx: &mut Tx| {
+                Box::pin(async move {
+                    let asked = Asked {
+                        id,
+                        decision,
+                        admin: &admin,
+                        reason: reason.as_deref(),
+                        now,
+                    };
+                    decide_or_say_why_not(tx, &asked, &trace).await
+                })
+            })
+            .await?;
+        match outcome {
+            Some(Decided::Now(c)) => {
+                outbox.notify();
+                return Ok(c);
+            }
+            Some(Decided::Before(c)) => return Ok(c),
+            // Open after all: it was written between the update and the read. Try again.
+            None => {}
         }
-        let c = get(&mut tx, id)
-            .await?
-            .filter(|c| c.room_id.is_some())
-            .ok_or(DecisionError::NotFound(id))?;
-        if c.status == decision {
-            return Ok(c);
-        }
-        if c.closed && c.close_reason.as_deref() == Some("EXPIRED") {
-            return Err(DecisionError::Expired(id));
-        }
-        if c.closed {
-            return Err(DecisionError::Closed(id));
-        }
-        // The deadline is this service's to enforce: a decision at or after it loses, whether or
-        // not the expiry has been processed yet.
-        if c.status == ConfirmStatus::Booked
-            && c.approval_deadline.is_some_and(|d| clock.now() >= d)
-        {
-            return Err(DecisionError::Expired(id));
-        }
-        if c.status != ConfirmStatus::Booked {
-            return Err(DecisionError::AlreadyDecided {
-                id,
-                status: c.status.as_str(),
-            });
-        }
-        // Open after all: it was written between the update and the read. Try again.
     }
     Err(sqlx::Error::RowNotFound.into())
+}
+
+/// What became of a decision that was not refused.
+enum Decided {
+    /// Written now, with its event.
+    Now(Confirm),
+    /// The same decision had been made already: nothing to write.
+    Before(Confirm),
+}
+
+/// The decision, if the request is open to it at `now`; otherwise why not, read in the same
+/// transaction. `None`: it was open after all (written between the update and the read).
+async fn decide_or_say_why_not(
+    tx: &mut Tx,
+    asked: &Asked<'_>,
+    trace: &TraceParent,
+) -> Result<Option<Decided>, DecisionError> {
+    let Asked {
+        id, decision, now, ..
+    } = *asked;
+    if let Some(c) = decide_if_open(tx, asked).await? {
+        emit(tx, &c, decision_body(&c, asked.reason), trace);
+        return Ok(Some(Decided::Now(c)));
+    }
+    let c = get(&mut *tx, id)
+        .await?
+        .filter(|c| c.room_id.is_some())
+        .ok_or(DecisionError::NotFound(id))?;
+    if c.status == decision {
+        return Ok(Some(Decided::Before(c)));
+    }
+    if c.closed && c.close_reason.as_deref() == Some("EXPIRED") {
+        return Err(DecisionError::Expired(id));
+    }
+    if c.closed {
+        return Err(DecisionError::Closed(id));
+    }
+    // The deadline is this service's to enforce: a decision at or after it loses, whether or
+    // not the expiry has been processed yet.
+    if c.status == ConfirmStatus::Booked && c.approval_deadline.is_some_and(|d| now >= d) {
+        return Err(DecisionError::Expired(id));
+    }
+    if c.status != ConfirmStatus::Booked {
+        return Err(DecisionError::AlreadyDecided {
+            id,
+            status: c.status.as_str(),
+        });
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

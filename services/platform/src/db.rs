@@ -88,12 +88,24 @@ pub struct Db {
     sqlite: Option<SqliteFile>,
 }
 
-#[derive(Clone, Debug)]
+mod grouped;
+
+#[derive(Clone)]
 struct SqliteFile {
     /// The one connection that writes, taken in turn by write transactions.
     writer: Arc<Mutex<SqliteWriter>>,
     /// The file's name, which labels its log's metrics.
     name: Arc<str>,
+    /// Requests' writes waiting to share the next transaction (see [`Db::write`]).
+    queue: grouped::Queue,
+}
+
+impl fmt::Debug for SqliteFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteFile")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Db {
@@ -210,6 +222,7 @@ impl Db {
                     .await
                     .context("opening the database's write connection")?;
                 let file = SqliteFile {
+                    queue: grouped::Queue::default(),
                     writer: Arc::new(Mutex::new(writer)),
                     name: options
                         .get_filename()
@@ -256,27 +269,44 @@ impl Db {
     /// row locks.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         match &self.sqlite {
-            Some(SqliteFile { writer, .. }) => {
-                let deadline = tokio::time::Instant::now() + WRITE_WAIT;
-                let mut writer = tokio::time::timeout_at(deadline, Arc::clone(writer).lock_owned())
-                    .await
-                    .map_err(|_| sqlx::Error::PoolTimedOut)?;
-                // Only another connection (the outbox prune, a tool) can hold the lock now.
-                let mut pause = Duration::from_millis(1);
-                loop {
-                    match writer.exec("BEGIN IMMEDIATE") {
-                        Ok(()) => break,
-                        Err(e) if is_transient(&e) && tokio::time::Instant::now() < deadline => {
-                            tokio::time::sleep(pause).await;
-                            pause = (pause * 2).min(Duration::from_millis(50));
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(Tx::new(TxInner::Sqlite(SqliteTx(writer))))
-            }
+            Some(SqliteFile { writer, .. }) => Ok(Tx::new(TxInner::Sqlite(SqliteTx(
+                begin_on_writer(writer).await?,
+            )))),
             None => Ok(Tx::new(TxInner::Postgres(self.pool.begin().await?))),
         }
+    }
+
+    /// Runs `work` in a write transaction and commits it: the write of one request (an HTTP
+    /// call), where [`Db::begin`] suits a caller that batches its own work (a consumer).
+    ///
+    /// On SQLite the requests waiting for the write connection at the same moment share one
+    /// transaction (group commit), each inside a savepoint of its own: `work` runs alone on
+    /// the connection, after the work queued before it, sees what that wrote, and an error it
+    /// returns undoes its own writes only (with the rows it held back and its
+    /// [`Tx::on_commit`] steps). Its result comes back once the shared transaction has
+    /// committed, or as an error if that failed. `work` must not begin another transaction.
+    /// On PostgreSQL each request has its own transaction.
+    pub async fn write<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        F: for<'t> FnOnce(&'t mut Tx) -> BoxFuture<'t, Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<sqlx::Error> + Send + 'static,
+    {
+        match &self.sqlite {
+            Some(file) => grouped::write(file, work).await,
+            None => {
+                let mut tx = self.begin().await?;
+                let value = work(&mut tx).await?;
+                tx.commit().await?;
+                Ok(value)
+            }
+        }
+    }
+
+    /// SQLite: how many requests' writes wait for the next shared transaction ([`Db::write`]);
+    /// 0 on PostgreSQL.
+    pub fn queued_writes(&self) -> usize {
+        self.sqlite.as_ref().map_or(0, |file| file.queue.len())
     }
 
     /// SQLite: checkpoints the write-ahead log now, as the background task does regularly,
@@ -345,6 +375,45 @@ async fn checkpoint(
     sqlx::query(CHECKPOINT).execute(pool).await?;
     crate::metrics::sqlite_log_restarted(&file.name);
     Ok(())
+}
+
+/// Takes the SQLite write connection (queueing behind the transaction that holds it, for at
+/// most [`WRITE_WAIT`]) and begins a write transaction on it.
+async fn begin_on_writer(
+    writer: &Arc<Mutex<SqliteWriter>>,
+) -> Result<OwnedMutexGuard<SqliteWriter>, sqlx::Error> {
+    let deadline = tokio::time::Instant::now() + WRITE_WAIT;
+    let writer = lock_writer(writer, deadline).await?;
+    begin_immediate(writer, deadline).await
+}
+
+async fn lock_writer(
+    writer: &Arc<Mutex<SqliteWriter>>,
+    deadline: tokio::time::Instant,
+) -> Result<OwnedMutexGuard<SqliteWriter>, sqlx::Error> {
+    tokio::time::timeout_at(deadline, Arc::clone(writer).lock_owned())
+        .await
+        .map_err(|_| sqlx::Error::PoolTimedOut)
+}
+
+/// `BEGIN IMMEDIATE` on the write connection, waiting (until `deadline`) while another
+/// connection of the file writes: only one outside this process's writer (the outbox prune, a
+/// tool) can.
+async fn begin_immediate(
+    mut writer: OwnedMutexGuard<SqliteWriter>,
+    deadline: tokio::time::Instant,
+) -> Result<OwnedMutexGuard<SqliteWriter>, sqlx::Error> {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match writer.exec("BEGIN IMMEDIATE") {
+            Ok(()) => return Ok(writer),
+            Err(e) if is_transient(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A write transaction (see [`Db::begin`]). Statements run on it as on a pool
@@ -437,6 +506,16 @@ impl Tx {
             f();
         }
         Ok(())
+    }
+
+    /// Runs a statement without arguments or rows on the SQLite write connection (savepoints).
+    fn exec_on_writer(&mut self, sql: &str) -> Result<(), sqlx::Error> {
+        match &mut self.inner {
+            TxInner::Sqlite(tx) => tx.0.exec(sql),
+            TxInner::Postgres(_) => Err(sqlx::Error::Protocol(format!(
+                "`{sql}` runs on the SQLite write connection only"
+            ))),
+        }
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {

@@ -12,6 +12,7 @@
 //! | `roombook_outbox_backlog` | service | outbox rows not yet published |
 //! | `roombook_sqlite_log_frames` | database | frames in the SQLite write-ahead log at its last checkpoint |
 //! | `roombook_sqlite_log_restarts_total` | database | checkpoints that made the log start over |
+//! | `roombook_sqlite_grouped_writes` | database | requests' writes sharing one SQLite transaction (histogram; see `Db::write`) |
 //! | `roombook_sagas` | state | sagas in each state before settling (orchestrator) |
 //! | `roombook_saga_duration_seconds` | state | booking to settled state (orchestrator); its `_count` counts the sagas settled |
 //!
@@ -43,6 +44,11 @@ pub fn handle() -> &'static PrometheusHandle {
             .expect("valid buckets")
             .set_buckets_for_metric(
                 Matcher::Full("roombook_consumer_batch_messages".into()),
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
+            )
+            .expect("valid buckets")
+            .set_buckets_for_metric(
+                Matcher::Full("roombook_sqlite_grouped_writes".into()),
                 &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
             )
             .expect("valid buckets")
@@ -109,6 +115,11 @@ pub fn outbox_backlog(service: &'static str, rows: i64) {
 pub fn sqlite_log_frames(database: &str, frames: i64) {
     metrics::gauge!("roombook_sqlite_log_frames", "database" => database.to_string())
         .set(frames as f64);
+}
+
+pub fn grouped_writes(database: &str, writes: usize) {
+    metrics::histogram!("roombook_sqlite_grouped_writes", "database" => database.to_string())
+        .record(writes as f64);
 }
 
 pub fn sqlite_log_restarted(database: &str) {
