@@ -12,6 +12,7 @@
 //! | `SMTP_USERNAME`, `SMTP_PASSWORD` | unset | credentials (keep the password in a Secret) |
 //! | `SMTP_TIMEOUT_SECS` | `10` | per SMTP command |
 //! | `MAIL_DIR` | `{DATA_DIR}/mail` | with neither `SMTP_URL` nor `SMTP_HOST`: each mail is written here as an `.eml` file |
+//! | `MAIL_MBOX` | unset | with neither `SMTP_URL` nor `SMTP_HOST`: each mail is appended to this mbox file instead (the cheapest local store) |
 //! | `MAIL_FROM` | `Roombook <roombook@localhost>` | sender; its domain also names Message-IDs and calendar UIDs |
 //! | `ADMIN_EMAILS` | empty | comma-separated addresses that get approval requests (none: not mailed) |
 //! | `MAIL_TIME_ZONE` | `UTC` | IANA zone the mails write times in, e.g. `Europe/Berlin` |
@@ -49,6 +50,8 @@ pub enum MailTransport {
     Smtp(SmtpConfig),
     /// Write each mail as an `.eml` file into this folder.
     Files(PathBuf),
+    /// Append each mail to this mbox file.
+    Mbox(PathBuf),
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +185,8 @@ impl Config {
                 },
                 timeout,
             })
+        } else if let Some(mbox) = get("MAIL_MBOX") {
+            MailTransport::Mbox(PathBuf::from(mbox))
         } else {
             MailTransport::Files(
                 get("MAIL_DIR")
@@ -286,6 +291,12 @@ mod tests {
         assert!(
             matches!(c.transport, MailTransport::Files(ref d) if d == &PathBuf::from("/srv/mail"))
         );
+        let c = config(&[("MAIL_DIR", "/srv/mail"), ("MAIL_MBOX", "/srv/mail.mbox")]).unwrap();
+        assert!(
+            matches!(c.transport, MailTransport::Mbox(ref f) if f == &PathBuf::from("/srv/mail.mbox"))
+        );
+        let c = config(&[("SMTP_HOST", "mail.example.com"), ("MAIL_MBOX", "/srv/m")]).unwrap();
+        assert!(matches!(c.transport, MailTransport::Smtp(_)));
     }
 
     #[test]

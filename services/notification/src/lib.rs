@@ -19,6 +19,7 @@ pub mod config;
 pub mod domain;
 pub mod handler;
 pub mod ics;
+pub mod local_mail;
 pub mod sender;
 pub mod store;
 #[cfg(feature = "testkit")]
@@ -72,6 +73,10 @@ pub async fn spawn(config: Config, cancel: CancellationToken) -> anyhow::Result<
         MailTransport::Files(dir) => tracing::info!(
             folder = %std::path::absolute(dir).unwrap_or_else(|_| dir.clone()).display(),
             "no SMTP_URL or SMTP_HOST set: mail is written as .eml files"
+        ),
+        MailTransport::Mbox(path) => tracing::info!(
+            file = %std::path::absolute(path).unwrap_or_else(|_| path.clone()).display(),
+            "no SMTP_URL or SMTP_HOST set: mail is appended to an mbox file"
         ),
         MailTransport::Smtp(_) => tracing::info!(
             transport = transport.describe(),

@@ -29,7 +29,9 @@ use crate::{
     bookings, compose,
     config::{MailTransport, SmtpConfig, SmtpServer, SmtpTls},
     domain::Notification,
-    handler, store, Settings,
+    handler,
+    local_mail::{self, Mbox},
+    store, Settings,
 };
 
 /// How many due records one round takes, and how many of them are in flight at once.
@@ -43,6 +45,8 @@ pub enum Transport {
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
     /// One `.eml` file per record in this folder (the local default).
     Files(PathBuf),
+    /// Every mail appended to one mbox file.
+    Mbox(Mbox),
 }
 
 /// Why a send failed, and whether trying again may help.
@@ -60,6 +64,7 @@ impl Transport {
                     .with_context(|| format!("creating the mail folder {}", dir.display()))?;
                 Ok(Transport::Files(dir.clone()))
             }
+            MailTransport::Mbox(path) => Ok(Transport::Mbox(Mbox::open(path)?)),
             MailTransport::Smtp(smtp) => Ok(Transport::Smtp(smtp_transport(smtp)?)),
         }
     }
@@ -68,14 +73,24 @@ impl Transport {
         match self {
             Transport::Smtp(_) => "SMTP".to_string(),
             Transport::Files(dir) => format!("files in {}", dir.display()),
+            Transport::Mbox(mbox) => format!("the mbox {}", mbox.path().display()),
         }
     }
 
     async fn send(&self, n: &Notification, message: Message) -> Result<(), SendError> {
         match self {
             Transport::Smtp(smtp) => smtp.send(message).await.map(|_| ()).map_err(classify),
-            Transport::Files(dir) => write_eml(dir, n, &message.formatted())
+            Transport::Files(dir) => local_mail::write_eml(dir, n, &message.formatted())
                 .map_err(|e| SendError::Transient(format!("{e:#}"))),
+            Transport::Mbox(mbox) => {
+                let sender = message.envelope().from().map(ToString::to_string);
+                mbox.append(
+                    sender.as_deref().unwrap_or(""),
+                    Utc::now(),
+                    &message.formatted(),
+                )
+                .map_err(|e| SendError::Transient(format!("{e:#}")))
+            }
         }
     }
 }
@@ -132,82 +147,6 @@ fn classify(e: SmtpError) -> SendError {
     } else {
         SendError::Transient(format!("cannot reach the mail server: {text}"))
     }
-}
-
-/// Writes the mail as `{time}-{kind}-{recipient}-{id}.eml`; the name depends only on the
-/// record, so a retried write replaces the file instead of adding a second one.
-fn write_eml(dir: &std::path::Path, n: &Notification, bytes: &[u8]) -> anyhow::Result<()> {
-    let recipient: String = n
-        .recipient
-        .as_deref()
-        .unwrap_or("unknown")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "@._+-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let name = format!(
-        "{}-{}-{recipient}-{}.eml",
-        n.occurred_at.format("%Y%m%dT%H%M%S%.3fZ"),
-        n.kind.as_str().to_ascii_lowercase().replace('_', "-"),
-        n.id
-    );
-    // Written in place: a few kilobytes into the page cache take less time than handing them to
-    // a blocking thread and back (this is the local default, not the deployed SMTP path).
-    // The folder is made at start-up; made again only if it has gone since (not checked for
-    // every mail: that is two more system calls each).
-    let written = match write_whole(dir, &name, bytes) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            write_whole(dir, &name, bytes)
-        }
-        other => other,
-    };
-    written.with_context(|| format!("writing {name} in {}", dir.display()))
-}
-
-/// Writes `bytes` as `dir/name` so that the file appears whole or not at all, replacing one of
-/// that name. On Linux it is written unnamed (`O_TMPFILE`) and then linked under its name: one
-/// entry added to the folder, where a temporary name and a rename add two and remove one (in a
-/// folder of many mails each costs a look-up). Through a temporary name when that cannot be
-/// done: the name is taken already (a retried mail), or the filesystem has no unnamed files.
-fn write_whole(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    if write_unnamed_then_link(dir, name, bytes).is_ok() {
-        return Ok(());
-    }
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, dir.join(name))
-}
-
-#[cfg(target_os = "linux")]
-fn write_unnamed_then_link(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    use std::{io::Write as _, os::fd::AsRawFd as _};
-
-    use rustix::fs::{linkat, openat, AtFlags, Mode, OFlags, CWD};
-
-    let fd = openat(
-        CWD,
-        dir,
-        OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o666),
-    )?;
-    let mut file = std::fs::File::from(fd);
-    file.write_all(bytes)?;
-    // Linking a descriptor by its /proc path needs no privilege (`AT_EMPTY_PATH` would).
-    linkat(
-        CWD,
-        format!("/proc/self/fd/{}", file.as_raw_fd()),
-        CWD,
-        dir.join(name),
-        AtFlags::SYMLINK_FOLLOW,
-    )?;
-    Ok(())
 }
 
 /// Delay before attempt `attempts + 1`, after `attempts` failures: base · 2^(attempts-1),
@@ -418,36 +357,6 @@ async fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn names_in(dir: &std::path::Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-
-    #[test]
-    fn a_file_appears_under_its_name_alone_and_a_rewrite_replaces_it() {
-        let dir = tempfile::tempdir().unwrap();
-        write_whole(dir.path(), "a.eml", b"first").unwrap();
-        assert_eq!(std::fs::read(dir.path().join("a.eml")).unwrap(), b"first");
-        // A retried mail: same name, and nothing else left in the folder.
-        write_whole(dir.path(), "a.eml", b"second").unwrap();
-        assert_eq!(std::fs::read(dir.path().join("a.eml")).unwrap(), b"second");
-        write_whole(dir.path(), "b.eml", b"third").unwrap();
-        assert_eq!(names_in(dir.path()), ["a.eml", "b.eml"]);
-    }
-
-    #[test]
-    fn a_file_for_a_missing_folder_is_not_found() {
-        let dir = tempfile::tempdir().unwrap();
-        let gone = dir.path().join("gone");
-        let e = write_whole(&gone, "a.eml", b"x").unwrap_err();
-        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
-        assert!(names_in(dir.path()).is_empty());
-    }
 
     #[test]
     fn backoff_doubles_from_the_base_up_to_the_cap() {

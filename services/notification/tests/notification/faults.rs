@@ -1,12 +1,12 @@
 //! Bad input and faults: duplicates, SMTP 4xx and 5xx, unusable addresses, events out of order
-//! or for unknown bookings, and the local mail folder when no SMTP server is configured.
+//! or for unknown bookings, and the local mail folder or mbox when no SMTP server is configured.
 
 use platform::testkit::TestBackend;
 use std::time::Duration;
 
 use chrono::Utc;
 use platform::{clock::ManualClock, contract::CancelReason, testkit::eventually};
-use roombook_notification::{testkit::Received, MailTransport};
+use roombook_notification::{local_mail, testkit::Received, MailTransport};
 
 use crate::helpers::{spawn_app, spawn_app_with, Booking, Mail, WAIT};
 
@@ -269,6 +269,41 @@ async fn without_a_mail_server_each_mail_is_written_to_the_mail_folder(backend: 
     assert!(app.sink.received().is_empty());
 }
 
+async fn with_an_mbox_each_mail_is_appended_to_it(backend: TestBackend) {
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("mail.mbox");
+    let app = spawn_app_with(backend, |c| c.transport = MailTransport::Mbox(path.clone())).await;
+    let booking = Booking::new();
+    app.publish(&booking.created()).await;
+    app.publish(&booking.confirm_requested()).await;
+    let records = app.wait_settled(booking.id, 3).await;
+    assert!(records.iter().all(|r| r["status"] == "SENT"), "{records:?}");
+    // Settled means recorded SENT, which follows the append: the file holds all three now.
+    let mails: Vec<Mail> = local_mail::mboxrd_mails(&std::fs::read(&path).unwrap())
+        .iter()
+        .map(|raw| {
+            Mail::parse(&Received {
+                envelope_to: Vec::new(),
+                raw: raw.clone(),
+            })
+        })
+        .collect();
+    assert_eq!(mails.len(), 3);
+    for mail in &mails {
+        mail.invite();
+        assert!(mail.subject.contains("room 102"), "{}", mail.subject);
+    }
+    assert_eq!(
+        mails
+            .iter()
+            .filter(|m| m.to.contains("alice@example.com"))
+            .count(),
+        1,
+        "the booker's mail, besides the two approval requests"
+    );
+    assert!(app.sink.received().is_empty());
+}
+
 async fn mail_waits_while_the_smtp_server_is_down_and_goes_once_it_is_back(backend: TestBackend) {
     let mut app = spawn_app(backend).await;
     app.sink.stop();
@@ -317,6 +352,7 @@ crate::on_both_backends!(
     events_older_than_the_age_limit_are_recorded_but_not_mailed,
     without_a_mail_server_each_mail_is_written_to_the_mail_folder,
     a_mail_folder_removed_while_running_is_made_again,
+    with_an_mbox_each_mail_is_appended_to_it,
     mail_waits_while_the_smtp_server_is_down_and_goes_once_it_is_back,
     events_published_while_the_service_is_down_are_mailed_after_it_restarts,
 );
