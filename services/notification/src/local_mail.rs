@@ -2,9 +2,8 @@
 //! (the default), or one mbox file every mail is appended to (`MAIL_MBOX`).
 //!
 //! The folder is the friendliest to read (any mail client opens an `.eml`); the mbox costs the
-//! least — one write per mail into one file, where the folder creates a file, an inode and a
-//! folder entry for each (at thousands of mails a second that is most of what this service
-//! does) — and opens in `mutt -f`, Thunderbird or any mbox reader.
+//! least — one write for many mails into one file, where the folder creates a file, an inode
+//! and a folder entry for each — and opens in `mutt -f`, Thunderbird or any mbox reader.
 
 use std::{
     fs::File,
@@ -96,13 +95,23 @@ fn write_unnamed_then_link(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<(
 
 /// One mbox file (the `mboxrd` variant) that mails are appended to, each whole or not at all.
 ///
+/// Mails are staged in memory and written together by [`Mbox::flush`], once per round of the
+/// sender: one write of many mails where a write per mail costs several times as much in the
+/// kernel (each partly fills a new page of the file, which is zeroed first).
+///
 /// Meant for one writer: one notification service per file. Removing the file while it runs
-/// starts a new one with the next mail. A mail whose outcome could not be recorded (the
+/// starts a new one with the next flush. A mail whose outcome could not be recorded (the
 /// service stopped between the write and the record) is written again when it is retried, as
 /// a mail server would receive it twice; its `Message-ID` is the same both times.
 pub struct Mbox {
     path: PathBuf,
-    file: Mutex<File>,
+    state: Mutex<MboxState>,
+}
+
+struct MboxState {
+    file: File,
+    /// Entries staged since the last flush.
+    staged: Vec<u8>,
 }
 
 impl Mbox {
@@ -114,7 +123,10 @@ impl Mbox {
         }
         Ok(Mbox {
             path: path.to_path_buf(),
-            file: Mutex::new(open_for_append(path)?),
+            state: Mutex::new(MboxState {
+                file: open_for_append(path)?,
+                staged: Vec::new(),
+            }),
         })
     }
 
@@ -122,25 +134,56 @@ impl Mbox {
         &self.path
     }
 
-    /// Appends one mail (`message` as formatted for SMTP) from `sender`, received at `at`.
-    pub fn append(&self, sender: &str, at: DateTime<Utc>, message: &[u8]) -> anyhow::Result<()> {
-        let entry = mboxrd_entry(sender, at, message);
-        // A poisoned lock only means another send panicked mid-write; the file is still the
-        // file, and a half-written entry was cut off before the panic could leave it there.
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        // One `fstat` tells both where this mail starts and whether the file was removed.
-        let meta = file
-            .metadata()
-            .with_context(|| format!("reading the state of {}", self.path.display()))?;
-        #[cfg(unix)]
-        if std::os::unix::fs::MetadataExt::nlink(&meta) == 0 {
-            *file = open_for_append(&self.path)?;
-            return append_whole(&mut file, 0, &entry)
-                .with_context(|| format!("appending a mail to {}", self.path.display()));
-        }
-        append_whole(&mut file, meta.len(), &entry)
-            .with_context(|| format!("appending a mail to {}", self.path.display()))
+    fn state(&self) -> std::sync::MutexGuard<'_, MboxState> {
+        // A poisoned lock only means another send panicked; the staged entries are whole (each
+        // is added in one call) and the file was cut back if its write failed.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Stages one mail (`message` as formatted for SMTP) from `sender`, received at `at`; it
+    /// is in the file once [`Mbox::flush`] has succeeded.
+    pub fn stage(&self, sender: &str, at: DateTime<Utc>, message: &[u8]) {
+        let entry = mboxrd_entry(sender, at, message);
+        self.state().staged.extend_from_slice(&entry);
+    }
+
+    /// Appends every staged mail in one write. On failure none of them is in the file, and
+    /// none is staged any more: the caller sends them again.
+    pub fn flush(&self) -> anyhow::Result<()> {
+        let mut state = self.state();
+        if state.staged.is_empty() {
+            return Ok(());
+        }
+        let staged = std::mem::take(&mut state.staged);
+        let written = append_whole(&mut state.file, &self.path, &staged);
+        // Keep the buffer's capacity for the next round.
+        state.staged = staged;
+        state.staged.clear();
+        written.with_context(|| format!("appending mail to {}", self.path.display()))
+    }
+}
+
+/// Appends `bytes` to `file` (opened for appending at `path`) whole or not at all: should the
+/// write fail part way (a full disk), the file is cut back to where it ended, so no half mail
+/// is left for a reader to merge with the next one. A file removed since it was opened is
+/// created again first.
+fn append_whole(file: &mut File, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    // One `fstat` tells both where these mails start and whether the file was removed.
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading the state of {}", path.display()))?;
+    let mut len = meta.len();
+    #[cfg(unix)]
+    if std::os::unix::fs::MetadataExt::nlink(&meta) == 0 {
+        *file = open_for_append(path)?;
+        len = 0;
+    }
+    let written = file.write_all(bytes);
+    if written.is_err() {
+        // Best effort: if even this fails, the write's error is the one worth reporting.
+        let _ = file.set_len(len);
+    }
+    Ok(written?)
 }
 
 fn open_for_append(path: &Path) -> anyhow::Result<File> {
@@ -149,18 +192,6 @@ fn open_for_append(path: &Path) -> anyhow::Result<File> {
         .create(true)
         .open(path)
         .with_context(|| format!("opening the mbox {}", path.display()))
-}
-
-/// Writes `entry` at the end of `file`, which is `len` bytes long; should the write fail part
-/// way (a full disk), the file is cut back to `len`, so no half mail is left for a reader to
-/// merge with the next one.
-fn append_whole(file: &mut File, len: u64, entry: &[u8]) -> io::Result<()> {
-    let written = file.write_all(entry);
-    if written.is_err() {
-        // Best effort: if even this fails, the write's error is the one worth reporting.
-        let _ = file.set_len(len);
-    }
-    written
 }
 
 /// The mail as an mbox entry: a `From ` separator line naming the envelope sender and the time,
@@ -290,10 +321,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spool").join("mail.mbox");
         let mbox = Mbox::open(&path).unwrap();
-        mbox.append("a@example.com", at(), b"Subject: one\r\n\r\nFrom me\r\n")
-            .unwrap();
-        mbox.append("a@example.com", at(), b"Subject: two\r\n\r\nbye\r\n")
-            .unwrap();
+        mbox.stage("a@example.com", at(), b"Subject: one\r\n\r\nFrom me\r\n");
+        mbox.stage("a@example.com", at(), b"Subject: two\r\n\r\nbye\r\n");
+        assert!(read_mbox(&path).is_empty(), "staged, not written yet");
+        mbox.flush().unwrap();
         assert_eq!(
             read_mbox(&path),
             ["Subject: one\n\nFrom me\n", "Subject: two\n\nbye\n"]
@@ -301,8 +332,11 @@ mod tests {
         // Opened again (a restart): appended to, not replaced.
         drop(mbox);
         let mbox = Mbox::open(&path).unwrap();
-        mbox.append("a@example.com", at(), b"Subject: three\r\n\r\n.\r\n")
-            .unwrap();
+        mbox.stage("a@example.com", at(), b"Subject: three\r\n\r\n.\r\n");
+        mbox.flush().unwrap();
+        assert_eq!(read_mbox(&path).len(), 3);
+        // Nothing staged: nothing written.
+        mbox.flush().unwrap();
         assert_eq!(read_mbox(&path).len(), 3);
     }
 
@@ -311,11 +345,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mail.mbox");
         let mbox = Mbox::open(&path).unwrap();
-        mbox.append("a@example.com", at(), b"Subject: old\r\n\r\nx\r\n")
-            .unwrap();
+        mbox.stage("a@example.com", at(), b"Subject: old\r\n\r\nx\r\n");
+        mbox.flush().unwrap();
         std::fs::remove_file(&path).unwrap();
-        mbox.append("a@example.com", at(), b"Subject: new\r\n\r\ny\r\n")
-            .unwrap();
+        mbox.stage("a@example.com", at(), b"Subject: new\r\n\r\ny\r\n");
+        mbox.flush().unwrap();
         assert_eq!(read_mbox(&path), ["Subject: new\n\ny\n"]);
+    }
+
+    #[test]
+    fn a_flush_that_cannot_write_says_so_and_leaves_its_mails_to_be_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("spool");
+        let path = folder.join("mail.mbox");
+        let mbox = Mbox::open(&path).unwrap();
+        mbox.stage("a@example.com", at(), b"Subject: lost\r\n\r\nx\r\n");
+        // The file and its folder gone: it cannot be made again.
+        std::fs::remove_dir_all(&folder).unwrap();
+        let e = mbox.flush().unwrap_err();
+        assert!(format!("{e:#}").contains("mail.mbox"), "{e:#}");
+        std::fs::create_dir(&folder).unwrap();
+        mbox.stage("a@example.com", at(), b"Subject: again\r\n\r\ny\r\n");
+        mbox.flush().unwrap();
+        assert_eq!(read_mbox(&path), ["Subject: again\n\ny\n"]);
     }
 }

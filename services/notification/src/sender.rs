@@ -77,6 +77,7 @@ impl Transport {
         }
     }
 
+    /// Sends one mail; into an mbox it is only staged, and goes with the round's [`Transport::flush`].
     async fn send(&self, n: &Notification, message: Message) -> Result<(), SendError> {
         match self {
             Transport::Smtp(smtp) => smtp.send(message).await.map(|_| ()).map_err(classify),
@@ -84,13 +85,21 @@ impl Transport {
                 .map_err(|e| SendError::Transient(format!("{e:#}"))),
             Transport::Mbox(mbox) => {
                 let sender = message.envelope().from().map(ToString::to_string);
-                mbox.append(
+                mbox.stage(
                     sender.as_deref().unwrap_or(""),
                     Utc::now(),
                     &message.formatted(),
-                )
-                .map_err(|e| SendError::Transient(format!("{e:#}")))
+                );
+                Ok(())
             }
+        }
+    }
+
+    /// Writes what the round's sends staged (the mbox's mails); the others have gone already.
+    fn flush(&self) -> anyhow::Result<()> {
+        match self {
+            Transport::Mbox(mbox) => mbox.flush(),
+            Transport::Smtp(_) | Transport::Files(_) => Ok(()),
         }
     }
 }
@@ -235,6 +244,17 @@ async fn round(db: &Db, transport: &Transport, settings: &Settings) -> anyhow::R
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
+        let mut outcomes = outcomes;
+        if let Err(e) = transport.flush() {
+            // None of the round's staged mails reached the file: each is tried again later.
+            let reason = format!("{e:#}");
+            tracing::warn!(%reason, "the round's mails could not be written to the mbox");
+            for (n, outcome) in &mut outcomes {
+                if matches!(outcome, Outcome::Sent) {
+                    *outcome = not_sent(settings, n, reason.clone());
+                }
+            }
+        }
         record(db, settings, &outcomes)
             .await
             .context("recording delivery outcomes")?;
@@ -289,7 +309,6 @@ enum Outcome {
 
 /// Composes and sends one claimed record.
 async fn attempt(transport: &Transport, settings: &Settings, n: &Notification) -> Outcome {
-    let d = &settings.delivery;
     let attempts = n.attempts + 1;
     let span = tracing::info_span!("mail", id = %n.id, kind = n.kind.as_str(), booking_id = %n.booking_id, attempts);
     async {
@@ -308,23 +327,29 @@ async fn attempt(transport: &Transport, settings: &Settings, n: &Notification) -
                 tracing::warn!(%reason, "mail failed permanently");
                 Outcome::Failed(reason)
             }
-            Err(SendError::Transient(reason)) if attempts >= i64::from(d.max_attempts) => {
-                tracing::warn!(%reason, "mail failed, no attempts left");
-                Outcome::Failed(format!(
-                    "gave up after {attempts} attempts; last error: {reason}"
-                ))
-            }
-            Err(SendError::Transient(reason)) => {
-                let delay = backoff(attempts, d.retry_base, d.retry_max);
-                tracing::info!(%reason, retry_in = ?delay, "mail deferred, will retry");
-                let at = settings.clock.now()
-                    + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
-                Outcome::RetryAt(at, reason)
-            }
+            Err(SendError::Transient(reason)) => not_sent(settings, n, reason),
         }
     }
     .instrument(span)
     .await
+}
+
+/// The outcome of an attempt that failed in a way a later one may not: retried after a
+/// backoff, or FAILED once the record has no attempts left.
+fn not_sent(settings: &Settings, n: &Notification, reason: String) -> Outcome {
+    let d = &settings.delivery;
+    let attempts = n.attempts + 1;
+    if attempts >= i64::from(d.max_attempts) {
+        tracing::warn!(id = %n.id, %reason, "mail failed, no attempts left");
+        return Outcome::Failed(format!(
+            "gave up after {attempts} attempts; last error: {reason}"
+        ));
+    }
+    let delay = backoff(attempts, d.retry_base, d.retry_max);
+    tracing::info!(id = %n.id, %reason, retry_in = ?delay, "mail deferred, will retry");
+    let at =
+        settings.clock.now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+    Outcome::RetryAt(at, reason)
 }
 
 /// Writes a round's outcomes in one transaction. Should it fail, the claims' leases expire and

@@ -304,6 +304,32 @@ async fn with_an_mbox_each_mail_is_appended_to_it(backend: TestBackend) {
     assert!(app.sink.received().is_empty());
 }
 
+async fn mail_waits_while_the_mbox_cannot_be_written_and_goes_once_it_can(backend: TestBackend) {
+    let folder = tempfile::tempdir().unwrap();
+    let spool = folder.path().join("spool");
+    let path = spool.join("mail.mbox");
+    let app = spawn_app_with(backend, |c| c.transport = MailTransport::Mbox(path.clone())).await;
+    // The file and its folder gone: the service cannot make them again.
+    std::fs::remove_dir_all(&spool).unwrap();
+    let booking = Booking::new();
+    app.publish(&booking.created()).await;
+    let record = eventually("a failed write to be recorded", WAIT, || async {
+        app.records(booking.id)
+            .await
+            .into_iter()
+            .find(|r| r["status"] == "PENDING" && r["attempts"].as_i64() >= Some(1))
+    })
+    .await;
+    let reason = record["lastError"].as_str().unwrap();
+    assert!(reason.contains("mail.mbox"), "{reason}");
+
+    std::fs::create_dir(&spool).unwrap();
+    let records = app.wait_settled(booking.id, 1).await;
+    assert_eq!(records[0]["status"], "SENT");
+    let mails = local_mail::mboxrd_mails(&std::fs::read(&path).unwrap());
+    assert_eq!(mails.len(), 1, "written once, when it could be");
+}
+
 async fn mail_waits_while_the_smtp_server_is_down_and_goes_once_it_is_back(backend: TestBackend) {
     let mut app = spawn_app(backend).await;
     app.sink.stop();
@@ -353,6 +379,7 @@ crate::on_both_backends!(
     without_a_mail_server_each_mail_is_written_to_the_mail_folder,
     a_mail_folder_removed_while_running_is_made_again,
     with_an_mbox_each_mail_is_appended_to_it,
+    mail_waits_while_the_mbox_cannot_be_written_and_goes_once_it_can,
     mail_waits_while_the_smtp_server_is_down_and_goes_once_it_is_back,
     events_published_while_the_service_is_down_are_mailed_after_it_restarts,
 );
