@@ -313,13 +313,7 @@ async fn mail_waits_while_the_mbox_cannot_be_written_and_goes_once_it_can(backen
     std::fs::remove_dir_all(&spool).unwrap();
     let booking = Booking::new();
     app.publish(&booking.created()).await;
-    let record = eventually("a failed write to be recorded", WAIT, || async {
-        app.records(booking.id)
-            .await
-            .into_iter()
-            .find(|r| r["status"] == "PENDING" && r["attempts"].as_i64() >= Some(1))
-    })
-    .await;
+    let record = app.wait_retrying(booking.id, 1).await;
     let reason = record["lastError"].as_str().unwrap();
     assert!(reason.contains("mail.mbox"), "{reason}");
 
@@ -335,13 +329,7 @@ async fn mail_waits_while_the_smtp_server_is_down_and_goes_once_it_is_back(backe
     app.sink.stop();
     let booking = Booking::new();
     app.publish(&booking.created()).await;
-    let record = eventually("failed attempts to be recorded", WAIT, || async {
-        app.records(booking.id)
-            .await
-            .into_iter()
-            .find(|r| r["status"] == "PENDING" && r["attempts"].as_i64() >= Some(2))
-    })
-    .await;
+    let record = app.wait_retrying(booking.id, 2).await;
     let reason = record["lastError"].as_str().unwrap();
     assert!(reason.contains("cannot reach the mail server"), "{reason}");
     assert!(record["nextAttemptAt"].is_string());

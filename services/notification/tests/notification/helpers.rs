@@ -176,6 +176,21 @@ impl App {
         .await
     }
 
+    /// A notification of `booking` still PENDING after at least `attempts` failed attempts.
+    pub async fn wait_retrying(&self, booking: Uuid, attempts: i64) -> Value {
+        eventually(
+            &format!("a notification of {booking} pending after {attempts} failed attempts"),
+            WAIT,
+            || async {
+                self.records(booking)
+                    .await
+                    .into_iter()
+                    .find(|r| r["status"] == "PENDING" && r["attempts"].as_i64() >= Some(attempts))
+            },
+        )
+        .await
+    }
+
     /// The mails received for a booking (by the `References` thread header).
     pub fn mails_of(&self, booking: Uuid) -> Vec<Mail> {
         self.sink
