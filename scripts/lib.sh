@@ -265,11 +265,11 @@ EOF
 alive() {
     local pid="$1" state
     kill -0 "$pid" 2>/dev/null || return 1
-    if [[ -r "/proc/$pid/stat" ]]; then
-        state="$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$pid/stat" 2>/dev/null || true)"
-        [[ "$state" != "Z" ]] || return 1
-    fi
-    return 0
+    [[ -d /proc/self ]] || return 0 # no procfs: kill -0 is all there is to go by
+    # A child that has just exited can be reaped between the two looks: a stat that can no
+    # longer be read means it is gone, not that it still runs.
+    state="$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$pid/stat" 2>/dev/null)" || return 1
+    [[ -n "$state" && "$state" != "Z" ]]
 }
 
 # stop_pid PID NAME [GRACE] — SIGTERM, then SIGKILL after GRACE seconds (default 10); reaps PID
