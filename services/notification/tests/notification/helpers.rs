@@ -177,15 +177,18 @@ impl App {
     }
 
     /// A notification of `booking` still PENDING after at least `attempts` failed attempts.
+    /// A claim counts its attempt before the send, so the record must also carry the failure
+    /// (`lastError`): without it, the attempt is still under way.
     pub async fn wait_retrying(&self, booking: Uuid, attempts: i64) -> Value {
         eventually(
             &format!("a notification of {booking} pending after {attempts} failed attempts"),
             WAIT,
             || async {
-                self.records(booking)
-                    .await
-                    .into_iter()
-                    .find(|r| r["status"] == "PENDING" && r["attempts"].as_i64() >= Some(attempts))
+                self.records(booking).await.into_iter().find(|r| {
+                    r["status"] == "PENDING"
+                        && r["attempts"].as_i64() >= Some(attempts)
+                        && r["lastError"].is_string()
+                })
             },
         )
         .await
