@@ -151,14 +151,13 @@ impl Mbox {
     /// none is staged any more: the caller sends them again.
     pub fn flush(&self) -> anyhow::Result<()> {
         let mut state = self.state();
-        if state.staged.is_empty() {
+        let MboxState { file, staged } = &mut *state;
+        if staged.is_empty() {
             return Ok(());
         }
-        let staged = std::mem::take(&mut state.staged);
-        let written = append_whole(&mut state.file, &self.path, &staged);
-        // Keep the buffer's capacity for the next round.
-        state.staged = staged;
-        state.staged.clear();
+        let written = append_whole(file, &self.path, staged);
+        // Cleared, not replaced: the buffer keeps its capacity for the next round.
+        staged.clear();
         written.with_context(|| format!("appending mail to {}", self.path.display()))
     }
 }

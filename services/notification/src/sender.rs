@@ -236,7 +236,7 @@ async fn round(db: &Db, transport: &Transport, settings: &Settings) -> anyhow::R
         );
     }
     if !claimed.is_empty() {
-        let outcomes: Vec<(Notification, Outcome)> = futures::stream::iter(claimed)
+        let mut outcomes: Vec<(Notification, Outcome)> = futures::stream::iter(claimed)
             .map(|n| async move {
                 let outcome = attempt(transport, settings, &n).await;
                 (n, outcome)
@@ -244,7 +244,6 @@ async fn round(db: &Db, transport: &Transport, settings: &Settings) -> anyhow::R
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        let mut outcomes = outcomes;
         if let Err(e) = transport.flush() {
             // None of the round's staged mails reached the file: each is tried again later.
             let reason = format!("{e:#}");

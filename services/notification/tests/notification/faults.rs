@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use platform::{clock::ManualClock, contract::CancelReason, testkit::eventually};
-use roombook_notification::{local_mail, testkit::Received, MailTransport};
+use roombook_notification::{local_mail, MailTransport};
 
 use crate::helpers::{spawn_app, spawn_app_with, Booking, Mail, WAIT};
 
@@ -259,10 +259,7 @@ async fn without_a_mail_server_each_mail_is_written_to_the_mail_folder(backend: 
         2
     );
     for file in files {
-        let mail = Mail::parse(&Received {
-            envelope_to: Vec::new(),
-            raw: std::fs::read(file).unwrap(),
-        });
+        let mail = Mail::from_stored(std::fs::read(file).unwrap());
         mail.invite();
         assert!(mail.subject.contains("room 102"));
     }
@@ -280,13 +277,8 @@ async fn with_an_mbox_each_mail_is_appended_to_it(backend: TestBackend) {
     assert!(records.iter().all(|r| r["status"] == "SENT"), "{records:?}");
     // Settled means recorded SENT, which follows the append: the file holds all three now.
     let mails: Vec<Mail> = local_mail::mboxrd_mails(&std::fs::read(&path).unwrap())
-        .iter()
-        .map(|raw| {
-            Mail::parse(&Received {
-                envelope_to: Vec::new(),
-                raw: raw.clone(),
-            })
-        })
+        .into_iter()
+        .map(Mail::from_stored)
         .collect();
     assert_eq!(mails.len(), 3);
     for mail in &mails {

@@ -232,6 +232,14 @@ pub struct Mail {
 }
 
 impl Mail {
+    /// A mail as stored on this machine (an `.eml` file, an mbox entry): no envelope.
+    pub fn from_stored(raw: Vec<u8>) -> Mail {
+        Mail::parse(&roombook_notification::testkit::Received {
+            envelope_to: Vec::new(),
+            raw,
+        })
+    }
+
     pub fn parse(received: &roombook_notification::testkit::Received) -> Mail {
         use mail_parser::{MessageParser, MimeHeaders as _, PartType};
         let msg = MessageParser::default()
